@@ -1,0 +1,215 @@
+//! Assembles the proxy: binds both listeners (so port 0 works and the real
+//! addresses are known before anything runs), starts the renewer, serves
+//! until shutdown is triggered, then drains in the order of SPEC §7.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::Admin;
+use crate::auth::Auth;
+use crate::auth::renewer::Renewer;
+use crate::auth::session::Sessions;
+use crate::config::Config;
+use crate::proxy::Proxy;
+use crate::server::{self, Limits};
+use crate::telemetry;
+use crate::upstream;
+
+/// hyper's smallest allowed read buffer.
+const MIN_BUF_SIZE: usize = 8192;
+/// Time a client has to send a whole request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often histogram and idle-metric upkeep runs (the exporter has no
+/// task of its own when rendered on our route).
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+/// A startup failure: one line naming the cause and the key or address.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{key} {addr}: cannot listen: {source}")]
+    Bind { key: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Upstream(#[from] upstream::BuildError),
+}
+
+/// How the run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything drained in time: exit 0.
+    Clean,
+    /// `shutdown.drain_timeout` passed with this many requests still in flight: exit 1.
+    DrainTimedOut(usize),
+}
+
+/// The addresses actually bound.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// A proxy with its listeners bound, ready to run.
+pub struct App {
+    config: Config,
+    /// Taken by `run`.
+    listeners: Option<(TcpListener, TcpListener)>,
+    auth: Arc<Auth>,
+    proxy: Arc<Proxy>,
+    sessions: Arc<Sessions>,
+    bound: Bound,
+}
+
+impl App {
+    /// Builds the client and binds the listeners; nothing talks to Truedat yet.
+    /// `config` must have passed `Config::validate`.
+    pub async fn build(config: Config) -> Result<App, StartError> {
+        let origin = config.origin();
+        let client = upstream::build(&config.upstream, &config.proxy_env, &origin)?;
+        let proxy_listener = bind("listen.address", config.listen.address).await?;
+        let admin_listener = bind("admin.address", config.admin.address).await?;
+        let bound = Bound {
+            proxy: local_addr("listen.address", &proxy_listener)?,
+            admin: local_addr("admin.address", &admin_listener)?,
+        };
+        let token = &config.token;
+        let auth = Arc::new(Auth::new(token.first_token_wait.0, token.login_timeout.0));
+        let sessions =
+            Arc::new(Sessions::new(client.clone(), origin.clone(), &config.credentials, token.login_timeout.0));
+        let proxy =
+            Arc::new(Proxy::new(auth.clone(), client, origin, &config.proxy, config.upstream.request_timeout.0));
+        telemetry::metrics_handle();
+        Ok(App { config, listeners: Some((proxy_listener, admin_listener)), auth, proxy, sessions, bound })
+    }
+
+    /// Where the listeners are.
+    pub fn bound(&self) -> Bound {
+        self.bound
+    }
+
+    /// Runs until `shutdown` is cancelled (by a signal, `/quitquitquit` or a
+    /// test), then shuts down gracefully.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Outcome {
+        let (proxy_listener, admin_listener) =
+            self.listeners.take().expect("run consumes the app, so listeners are present");
+        let tasks = CancellationToken::new();
+        let renewer = Renewer::new(self.auth.clone(), self.sessions.clone(), self.config.token.clone());
+        let renewer = tokio::spawn(renewer.run(tasks.child_token()));
+        let upkeep = tokio::spawn(metrics_upkeep(tasks.child_token()));
+        let admin = self.serve_admin(admin_listener, shutdown.clone(), tasks.child_token());
+        let stop_accepting = CancellationToken::new();
+        let graceful = Arc::new(GracefulShutdown::new());
+        let proxy = self.serve_proxy(proxy_listener, stop_accepting.clone(), graceful.clone());
+        tracing::info!(proxy = %self.bound.proxy, admin = %self.bound.admin, upstream = %self.config.origin().authority(), "truedat-auth-proxy started");
+
+        shutdown.cancelled().await;
+        let settings = &self.config.shutdown;
+        tracing::info!(delay_ms = settings.delay.0.as_millis() as u64, "shutdown begun: readiness is now 503");
+        tokio::time::sleep(settings.delay.0).await;
+        stop_accepting.cancel();
+        let _ = proxy.await;
+        let outcome = self.drain(graceful, settings.drain_timeout.0).await;
+        tasks.cancel();
+        let _ = renewer.await;
+        self.logout().await;
+        admin.abort();
+        upkeep.abort();
+        outcome
+    }
+
+    fn serve_proxy(
+        &self,
+        listener: TcpListener,
+        stop: CancellationToken,
+        graceful: Arc<GracefulShutdown>,
+    ) -> JoinHandle<()> {
+        let proxy = self.proxy.clone();
+        let max_head = self.config.proxy.max_request_header_bytes.0 as usize;
+        let limits = Limits {
+            max_connections: self.config.listen.max_connections,
+            // Heads up to the limit reach our handler, which answers 431 in
+            // JSON; only far larger ones are cut by hyper itself.
+            max_buf_size: (max_head * 2).max(MIN_BUF_SIZE),
+            header_read_timeout: HEADER_READ_TIMEOUT,
+        };
+        let handler = move |request, _peer| proxy.clone().handle(request);
+        tokio::spawn(server::serve(listener, handler, limits, stop, graceful))
+    }
+
+    fn serve_admin(
+        &self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+        stop: CancellationToken,
+    ) -> JoinHandle<()> {
+        let admin = Arc::new(Admin::new(self.auth.clone(), shutdown));
+        let limits = Limits {
+            max_connections: 64,
+            max_buf_size: MIN_BUF_SIZE * 2,
+            header_read_timeout: Duration::from_secs(10),
+        };
+        let handler = move |request, peer| admin.clone().handle(request, peer);
+        // The admin port answers until the process exits: its connections are not drained.
+        tokio::spawn(server::serve(listener, handler, limits, stop, Arc::new(GracefulShutdown::new())))
+    }
+
+    async fn drain(&self, graceful: Arc<GracefulShutdown>, timeout: Duration) -> Outcome {
+        let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
+        match tokio::time::timeout(timeout, graceful.shutdown()).await {
+            Ok(()) => {
+                tracing::info!("all client connections drained");
+                Outcome::Clean
+            }
+            Err(_) => {
+                let cut = self.proxy.in_flight();
+                tracing::error!(
+                    requests_cut = cut,
+                    timeout_ms = timeout.as_millis() as u64,
+                    "shutdown.drain_timeout passed; cutting {cut} in-flight requests"
+                );
+                Outcome::DrainTimedOut(cut)
+            }
+        }
+    }
+
+    /// Ends the Truedat session so that a token copied from the pod dies with it.
+    async fn logout(&self) {
+        if !self.config.token.logout_on_shutdown {
+            return;
+        }
+        let Some(token) = self.auth.cell().snapshot().as_ref().cloned() else {
+            return;
+        };
+        if !token.is_usable(std::time::Instant::now()) {
+            return;
+        }
+        match self.sessions.logout(token.bearer()).await {
+            Ok(()) => tracing::info!(generation = token.generation, "Truedat session logged out"),
+            Err(error) => tracing::warn!(error = %error, "could not log the Truedat session out"),
+        }
+    }
+}
+
+async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { key, addr, source })
+}
+
+fn local_addr(key: &'static str, listener: &TcpListener) -> Result<SocketAddr, StartError> {
+    listener.local_addr().map_err(|source| StartError::Bind { key, addr: SocketAddr::from(([0, 0, 0, 0], 0)), source })
+}
+
+async fn metrics_upkeep(stop: CancellationToken) {
+    let handle = telemetry::metrics_handle();
+    let mut tick = tokio::time::interval(METRICS_UPKEEP);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => handle.run_upkeep(),
+            () = stop.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! The token: obtained at startup, held in a lock-free cell, renewed in the
+//! background before it expires or as soon as Truedat answers 401.
+//!
+//! - `cell`: the `ArcSwap` slot and the `Token` in it.
+//! - `session`: the HTTP calls to Truedat's session routes.
+//! - `jwt`: the token's lifetime from its claims.
+//! - `backoff`: delays between failed logins.
+//! - `renewer`: the one task that logs in, so logins are single-flight by construction.
+
+pub mod backoff;
+pub mod cell;
+pub mod jwt;
+pub mod renewer;
+pub mod session;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::Notify;
+
+pub use cell::{Credential, TokenCell};
+
+/// What requests, the renewer and the admin port share about the token.
+pub struct Auth {
+    cell: TokenCell,
+    /// Wakes the renewer when a request saw a 401.
+    wake: Notify,
+    /// The newest generation a 401 was seen with: the renewer logs in again
+    /// only if the current token is not newer than this.
+    dead: AtomicU64,
+    /// Why the last renewal failed, for `/readyz` and 503 bodies.
+    failure: ArcSwapOption<&'static str>,
+    first_token_wait: Duration,
+    login_timeout: Duration,
+}
+
+impl Auth {
+    /// An empty cell; requests wait up to `first_token_wait` for a token and
+    /// up to `login_timeout` for the login a 401 triggers.
+    pub fn new(first_token_wait: Duration, login_timeout: Duration) -> Auth {
+        Auth {
+            cell: TokenCell::default(),
+            wake: Notify::new(),
+            dead: AtomicU64::new(0),
+            failure: ArcSwapOption::empty(),
+            first_token_wait,
+            login_timeout,
+        }
+    }
+
+    /// The token cell.
+    pub fn cell(&self) -> &TokenCell {
+        &self.cell
+    }
+
+    /// A usable token now, or after waiting up to `token.first_token_wait`.
+    pub async fn credential(&self) -> Option<Credential> {
+        match self.cell.credential() {
+            Some(c) => Some(c),
+            None => self.cell.wait_newer(0, self.first_token_wait).await,
+        }
+    }
+
+    /// Truedat said 401 to `generation`: make sure one login happens, unless
+    /// one already did for this generation or a newer token exists.
+    pub fn report_unauthorized(&self, generation: u64) {
+        let previous = self.dead.fetch_max(generation, Ordering::AcqRel);
+        if previous < generation {
+            self.cell.revoke(generation);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Waits for a token newer than `generation`: the login a 401 triggered.
+    pub async fn successor(&self, generation: u64) -> Option<Credential> {
+        self.cell.wait_newer(generation, self.login_timeout + self.first_token_wait).await
+    }
+
+    /// `Ok` while a usable token is held, else the reason.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        let token = self.cell.snapshot();
+        match token.as_ref() {
+            Some(t) if t.is_usable(Instant::now()) => Ok(()),
+            Some(t) if t.is_revoked() => Err(self.failure().unwrap_or("token revoked by Truedat, logging in again")),
+            Some(_) => Err(self.failure().unwrap_or("token expired")),
+            None => Err(self.failure().unwrap_or("no token yet")),
+        }
+    }
+
+    fn failure(&self) -> Option<&'static str> {
+        self.failure.load().as_deref().copied()
+    }
+
+    pub(crate) fn set_failure(&self, reason: Option<&'static str>) {
+        self.failure.store(reason.map(std::sync::Arc::new));
+    }
+
+    /// Whether a 401 has been seen for the current token (or a newer one).
+    pub(crate) fn current_is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire) >= self.cell.generation()
+    }
+
+    pub(crate) async fn woken(&self) {
+        self.wake.notified().await
+    }
+}

@@ -1,0 +1,249 @@
+//! The background task that owns every login.
+//!
+//! Because exactly one task logs in, logins are single-flight by
+//! construction: a burst of 401s on generation G only raises one flag and
+//! wakes this task once; it logs in once; every waiter sees generation G+1.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use secrecy::ExposeSecret;
+use tokio_util::sync::CancellationToken;
+
+use super::Auth;
+use super::backoff::Backoff;
+use super::cell::Token;
+use super::jwt;
+use super::session::{Issued, SessionError, Sessions};
+use crate::config::{RenewWith, TokenSettings};
+use crate::telemetry;
+
+/// Why a new token is fetched: the `reason` label of
+/// `truedat_proxy_token_refreshes_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    Startup,
+    Expiry,
+    Unauthorized,
+}
+
+impl Reason {
+    fn label(self) -> &'static str {
+        match self {
+            Reason::Startup => "startup",
+            Reason::Expiry => "expiry",
+            Reason::Unauthorized => "unauthorized",
+        }
+    }
+}
+
+/// Renews the token until `shutdown` fires.
+pub struct Renewer {
+    auth: Arc<Auth>,
+    sessions: Arc<Sessions>,
+    settings: TokenSettings,
+}
+
+/// When the token in hand must be replaced, and when it stops being usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    pub usable_for: Duration,
+    pub renew_after: Duration,
+}
+
+/// Plans a token's life (SPEC §3.3). The token is not sent during its last
+/// second (`iat`/`exp` are whole seconds and the request still has to travel),
+/// and is renewed `refresh_before` ahead of that, at most half-way through,
+/// a little earlier by a random `jitter` fraction (0..1) of up to a tenth of
+/// the margin, so that replicas do not log in in lockstep.
+pub fn schedule(lifetime: Duration, refresh_before: Duration, jitter: f64) -> Schedule {
+    let guard = Duration::from_secs(1).min(lifetime / 2);
+    let usable_for = lifetime - guard;
+    let margin = refresh_before.min(usable_for / 2);
+    let early = (margin / 10).mul_f64(jitter.clamp(0.0, 1.0));
+    Schedule { usable_for, renew_after: usable_for - margin - early }
+}
+
+impl Renewer {
+    /// A renewer storing tokens into `auth`.
+    pub fn new(auth: Arc<Auth>, sessions: Arc<Sessions>, settings: TokenSettings) -> Renewer {
+        Renewer { auth, sessions, settings }
+    }
+
+    /// Logs in, then keeps the token fresh; retries failures with backoff.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut reason = Reason::Startup;
+        let mut backoff = Backoff::new(self.settings.retry_initial.0, self.settings.retry_max.0);
+        let mut failures = Failures::default();
+        loop {
+            let outcome = tokio::select! {
+                outcome = self.renew(reason) => outcome,
+                () = shutdown.cancelled() => return,
+            };
+            match outcome {
+                Ok(renew_at) => {
+                    failures.recovered();
+                    backoff.reset();
+                    reason = tokio::select! {
+                        reason = self.next_trigger(renew_at) => reason,
+                        () = shutdown.cancelled() => return,
+                    };
+                }
+                Err(error) => {
+                    self.auth.set_failure(Some(error.readiness_reason()));
+                    let delay = backoff.next_delay();
+                    failures.record(&error, reason, delay);
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = shutdown.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for the renewal time, or for a 401 on the current token.
+    async fn next_trigger(&self, renew_at: Instant) -> Reason {
+        let deadline = tokio::time::sleep_until(renew_at.into());
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                () = &mut deadline => return Reason::Expiry,
+                () = self.auth.woken() => {
+                    if self.auth.current_is_dead() {
+                        return Reason::Unauthorized;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Obtains and stores a new token; returns when to renew it.
+    async fn renew(&self, reason: Reason) -> Result<Instant, SessionError> {
+        let issued = match self.refreshable(reason) {
+            Some(token) => match self.refresh(&token).await {
+                Ok(issued) => issued,
+                Err(error) => {
+                    tracing::warn!(error = %error, "token refresh failed; falling back to a full login");
+                    self.login().await?
+                }
+            },
+            None => self.login().await?,
+        };
+        Ok(self.store(issued, reason))
+    }
+
+    /// The current token, if this renewal should use `/api/sessions/refresh`.
+    fn refreshable(&self, reason: Reason) -> Option<Arc<Token>> {
+        if self.settings.renew_with != RenewWith::Refresh || reason != Reason::Expiry {
+            return None;
+        }
+        let token = self.auth.cell().snapshot().as_ref().cloned()?;
+        (token.refresh_token().is_some() && token.is_usable(Instant::now())).then_some(token)
+    }
+
+    async fn refresh(&self, token: &Token) -> Result<Issued, SessionError> {
+        let refresh = token.refresh_token().expect("refreshable() checked that a refresh token is present");
+        self.sessions.refresh(token.bearer(), refresh).await
+    }
+
+    async fn login(&self) -> Result<Issued, SessionError> {
+        let started = Instant::now();
+        let result = self.sessions.login().await;
+        let label = result.as_ref().map_or_else(SessionError::result_label, |_| "success");
+        telemetry::record_login(label, started.elapsed());
+        result
+    }
+
+    fn store(&self, issued: Issued, reason: Reason) -> Instant {
+        let received = Instant::now();
+        let (lifetime, source) =
+            jwt::lifetime(issued.access.expose_secret(), SystemTime::now(), self.settings.fallback_lifetime.0);
+        let plan = schedule(lifetime, self.settings.refresh_before.0, rand::random());
+        let expires_at = SystemTime::now() + lifetime;
+        let token = Token::new(issued.access.expose_secret(), issued.refresh, received + plan.usable_for, expires_at)
+            .expect("session::issued() checked that the token fits in a header");
+        let generation = self.auth.cell().store(token);
+        self.auth.set_failure(None);
+        telemetry::record_token(reason.label(), expires_at);
+        tracing::info!(
+            generation,
+            reason = reason.label(),
+            expires_at = %humantime::format_rfc3339_seconds(expires_at),
+            lifetime_s = lifetime.as_secs(),
+            lifetime_from = ?source,
+            renew_in_s = plan.renew_after.as_secs_f64(),
+            "new Truedat token"
+        );
+        received + plan.renew_after
+    }
+}
+
+/// Logs a failed renewal at error level once per change of state, not once
+/// per retry, and its recovery once.
+#[derive(Default)]
+struct Failures {
+    last: Option<String>,
+    count: u32,
+}
+
+impl Failures {
+    fn record(&mut self, error: &SessionError, reason: Reason, retry_in: Duration) {
+        self.count += 1;
+        let message = error.to_string();
+        if self.last.as_deref() == Some(message.as_str()) {
+            tracing::debug!(error = %message, attempts = self.count, retry_in_ms = retry_in.as_millis() as u64, "login still failing");
+        } else {
+            tracing::error!(error = %message, reason = reason.label(), attempts = self.count, retry_in_ms = retry_in.as_millis() as u64, "cannot obtain a Truedat token");
+            self.last = Some(message);
+        }
+    }
+
+    fn recovered(&mut self) {
+        if self.count > 0 {
+            tracing::info!(failed_attempts = self.count, "Truedat login works again");
+        }
+        *self = Failures::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(s: f64) -> Duration {
+        Duration::from_secs_f64(s)
+    }
+
+    #[test]
+    fn default_ten_minute_token_renews_five_minutes_ahead() {
+        let plan = schedule(secs(600.0), secs(300.0), 0.0);
+        assert_eq!(plan.usable_for, secs(599.0));
+        assert_eq!(plan.renew_after, secs(299.5));
+    }
+
+    #[test]
+    fn short_tokens_renew_half_way_and_stay_usable_until_renewed() {
+        for lifetime in [2.0, 3.0, 6.0, 30.0] {
+            for jitter in [0.0, 0.5, 1.0] {
+                let plan = schedule(secs(lifetime), secs(300.0), jitter);
+                assert!(plan.usable_for < secs(lifetime));
+                assert!(plan.renew_after <= plan.usable_for / 2, "{lifetime} {jitter} {plan:?}");
+                assert!(plan.renew_after >= plan.usable_for / 2 - plan.usable_for / 20);
+            }
+        }
+    }
+
+    #[test]
+    fn jitter_only_moves_renewal_earlier_and_a_little() {
+        let late = schedule(secs(3600.0), secs(300.0), 0.0);
+        let early = schedule(secs(3600.0), secs(300.0), 1.0);
+        assert_eq!(late.renew_after - early.renew_after, secs(30.0));
+    }
+
+    #[test]
+    fn zero_lifetime_does_not_underflow() {
+        let plan = schedule(Duration::ZERO, secs(300.0), 1.0);
+        assert_eq!(plan, Schedule { usable_for: Duration::ZERO, renew_after: Duration::ZERO });
+    }
+}

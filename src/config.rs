@@ -1,0 +1,544 @@
+//! The configuration: serde structs with the defaults of SPEC §2, layered as
+//! built-in defaults < TOML file < `TRUEDAT_PROXY_*` environment variables.
+//!
+//! Everything is validated here, before any socket is bound, and every problem
+//! is reported on its own line naming the offending key. Nothing outside this
+//! module reads the environment.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::origin::Origin;
+use crate::units::{Dur, Size};
+
+/// Prefix of every environment variable the proxy reads.
+pub const ENV_PREFIX: &str = "TRUEDAT_PROXY_";
+
+/// Keys whose values are free text. figment parses environment values as
+/// TOML, which would turn a password `12345` into a number or `[a]` into an
+/// array; these keys are read from the environment verbatim instead.
+const VERBATIM_KEYS: [&str; 13] = [
+    "upstream.url",
+    "upstream.ca_file",
+    "upstream.client_cert_file",
+    "upstream.client_key_file",
+    "upstream.egress_proxy",
+    "credentials.user_name",
+    "credentials.password",
+    "credentials.password_file",
+    "credentials.access_method",
+    "log.level",
+    "log.format",
+    "listen.address",
+    "admin.address",
+];
+
+/// Environment variables under the prefix that are not configuration keys.
+const NON_KEYS: [&str; 1] = ["config"];
+
+/// The whole configuration, as read and defaulted.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: Listen,
+    pub admin: Admin,
+    pub upstream: Upstream,
+    pub credentials: Credentials,
+    pub token: TokenSettings,
+    pub proxy: ProxySettings,
+    pub shutdown: ShutdownSettings,
+    pub log: Log,
+    /// `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`, read with the rest of the
+    /// environment; used only when `upstream.egress_proxy` is unset.
+    #[serde(skip)]
+    pub proxy_env: ProxyEnv,
+}
+
+/// The egress-proxy variables as curl reads them: lower case first; upper
+/// case `HTTP_PROXY` is ignored as curl does, because CGI servers set it from
+/// a request header.
+#[derive(Debug, Clone, Default)]
+pub struct ProxyEnv {
+    pub http: Option<String>,
+    pub https: Option<String>,
+    pub no: Option<String>,
+}
+
+impl ProxyEnv {
+    /// Reads the process environment.
+    pub fn from_process() -> ProxyEnv {
+        let var = |names: &[&str]| names.iter().find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()));
+        ProxyEnv {
+            http: var(&["http_proxy"]),
+            https: var(&["https_proxy", "HTTPS_PROXY"]),
+            no: var(&["no_proxy", "NO_PROXY"]),
+        }
+    }
+}
+
+/// The local listener that tools talk to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    /// Loopback by default: whoever reaches this port acts as the service user.
+    pub address: SocketAddr,
+    /// The explicit opt-in needed to listen anywhere but loopback.
+    pub allow_non_loopback: bool,
+    /// Connections beyond this wait in the kernel's accept backlog.
+    pub max_connections: usize,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen { address: SocketAddr::from(([127, 0, 0, 1], 8080)), allow_non_loopback: false, max_connections: 1024 }
+    }
+}
+
+/// The admin listener: probes and metrics.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    pub address: SocketAddr,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin { address: SocketAddr::from(([127, 0, 0, 1], 9090)) }
+    }
+}
+
+/// Where Truedat is and how to reach it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Upstream {
+    /// Required; `Option` so that its absence is reported by `validate` with the key's name.
+    pub url: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout: Dur,
+    pub request_timeout: Dur,
+    pub pool_idle_timeout: Dur,
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+    pub egress_proxy: Option<String>,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Upstream {
+            url: None,
+            ca_file: None,
+            connect_timeout: Dur::secs(5),
+            request_timeout: Dur::secs(60),
+            pool_idle_timeout: Dur::secs(90),
+            client_cert_file: None,
+            client_key_file: None,
+            egress_proxy: None,
+        }
+    }
+}
+
+/// The service account the proxy logs in as.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Credentials {
+    pub user_name: Option<String>,
+    #[serde(serialize_with = "redacted")]
+    pub password: Option<SecretString>,
+    pub password_file: Option<PathBuf>,
+    pub access_method: String,
+}
+
+impl Default for Credentials {
+    fn default() -> Self {
+        Credentials {
+            user_name: None,
+            password: None,
+            password_file: None,
+            access_method: "alternative_login".to_owned(),
+        }
+    }
+}
+
+/// How the token is renewed before it expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RenewWith {
+    /// A fresh login: the previous token stays valid until its own expiry.
+    Login,
+    /// `POST /api/sessions/refresh`: fewer password transmissions.
+    Refresh,
+}
+
+/// The token lifecycle.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenSettings {
+    pub refresh_before: Dur,
+    pub fallback_lifetime: Dur,
+    pub renew_with: RenewWith,
+    pub login_timeout: Dur,
+    pub logout_on_shutdown: bool,
+    pub retry_initial: Dur,
+    pub retry_max: Dur,
+    pub first_token_wait: Dur,
+}
+
+impl Default for TokenSettings {
+    fn default() -> Self {
+        TokenSettings {
+            refresh_before: Dur::secs(300),
+            fallback_lifetime: Dur::secs(900),
+            renew_with: RenewWith::Login,
+            login_timeout: Dur::secs(10),
+            logout_on_shutdown: true,
+            retry_initial: Dur::millis(500),
+            retry_max: Dur::secs(30),
+            first_token_wait: Dur::secs(10),
+        }
+    }
+}
+
+/// What the forwarding path accepts and keeps.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxySettings {
+    pub replay_body_limit: Size,
+    pub max_request_header_bytes: Size,
+    pub allow_methods: Vec<String>,
+    pub allow_paths: Vec<String>,
+    pub allow_session_paths: bool,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings {
+            replay_body_limit: Size(1 << 20),
+            max_request_header_bytes: Size(64 << 10),
+            allow_methods: Vec::new(),
+            allow_paths: Vec::new(),
+            allow_session_paths: false,
+        }
+    }
+}
+
+/// Graceful shutdown timings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownSettings {
+    pub drain_timeout: Dur,
+    pub delay: Dur,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        ShutdownSettings { drain_timeout: Dur::secs(30), delay: Dur::secs(0) }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log { format: LogFormat::Json, level: "info".to_owned() }
+    }
+}
+
+/// JSON lines for machines, text for people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Why the configuration could not be used: one entry per problem, each
+/// naming its key.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct Invalid(pub Vec<String>);
+
+impl Config {
+    /// Reads the layers and validates the result. `file` is the explicit
+    /// `--config` path, which must exist (figment would silently skip it).
+    pub fn load(file: Option<&Path>) -> Result<Config, Invalid> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            std::fs::metadata(path).map_err(|e| Invalid(vec![format!("--config {}: {e}", path.display())]))?;
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = merge_env(figment);
+        let mut config: Config = figment.extract().map_err(describe_figment_error)?;
+        config.proxy_env = ProxyEnv::from_process();
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every rule a type cannot express; all problems at once.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let mut problems = Vec::new();
+        self.validate_listeners(&mut problems);
+        self.validate_upstream(&mut problems);
+        self.validate_credentials(&mut problems);
+        self.validate_token(&mut problems);
+        self.validate_proxy(&mut problems);
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            problems.push(format!("log.level: {e}"));
+        }
+        if problems.is_empty() { Ok(()) } else { Err(Invalid(problems)) }
+    }
+
+    /// The parsed `upstream.url`. Only call after `validate` succeeded.
+    pub fn origin(&self) -> Origin {
+        let url = self.upstream.url.as_deref().unwrap_or_default();
+        Origin::parse(url).expect("upstream.url was validated by Config::validate")
+    }
+
+    /// The effective configuration as TOML, secrets replaced by `"<redacted>"`.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+
+    fn validate_listeners(&self, problems: &mut Vec<String>) {
+        let listen = &self.listen;
+        if !listen.address.ip().is_loopback() && !listen.allow_non_loopback {
+            problems.push(format!(
+                "listen.address: {} is not a loopback address; anyone who can reach it acts as the service user \
+                 (set listen.allow_non_loopback = true to allow it)",
+                listen.address
+            ));
+        }
+        if listen.max_connections == 0 {
+            problems.push("listen.max_connections: must be at least 1".to_owned());
+        }
+        if listen.address == self.admin.address && listen.address.port() != 0 {
+            problems.push(format!("admin.address: {} is also listen.address", self.admin.address));
+        }
+    }
+
+    fn validate_upstream(&self, problems: &mut Vec<String>) {
+        let upstream = &self.upstream;
+        match upstream.url.as_deref() {
+            None => problems
+                .push("upstream.url: required (the Truedat base URL, such as https://truedat.example.com)".to_owned()),
+            Some(url) => {
+                if let Err(e) = Origin::parse(url) {
+                    problems.push(format!("upstream.url: {e}"));
+                }
+            }
+        }
+        for (key, value) in [
+            ("upstream.connect_timeout", upstream.connect_timeout),
+            ("upstream.request_timeout", upstream.request_timeout),
+        ] {
+            require_positive(problems, key, value);
+        }
+        if upstream.client_cert_file.is_some() != upstream.client_key_file.is_some() {
+            problems.push("upstream.client_cert_file / upstream.client_key_file: set both or neither".to_owned());
+        }
+        if let Some(proxy) = upstream.egress_proxy.as_deref() {
+            if let Err(e) = crate::upstream::parse_egress_proxy(proxy) {
+                problems.push(format!("upstream.egress_proxy: {e}"));
+            }
+        }
+    }
+
+    fn validate_credentials(&self, problems: &mut Vec<String>) {
+        let credentials = &self.credentials;
+        match credentials.user_name.as_deref() {
+            None => problems.push("credentials.user_name: required".to_owned()),
+            Some(name) if name.trim().is_empty() => {
+                problems.push("credentials.user_name: must not be empty".to_owned())
+            }
+            Some(_) => {}
+        }
+        match (&credentials.password, &credentials.password_file) {
+            (Some(_), Some(_)) => {
+                problems.push("credentials.password / credentials.password_file: set exactly one, not both".to_owned())
+            }
+            (None, None) => {
+                problems.push("credentials.password / credentials.password_file: one of them is required".to_owned())
+            }
+            _ => {}
+        }
+    }
+
+    fn validate_token(&self, problems: &mut Vec<String>) {
+        let token = &self.token;
+        for (key, value) in [
+            ("token.fallback_lifetime", token.fallback_lifetime),
+            ("token.login_timeout", token.login_timeout),
+            ("token.retry_initial", token.retry_initial),
+            ("token.retry_max", token.retry_max),
+        ] {
+            require_positive(problems, key, value);
+        }
+        if token.retry_initial > token.retry_max {
+            problems.push(format!(
+                "token.retry_initial: {} is longer than token.retry_max ({})",
+                token.retry_initial, token.retry_max
+            ));
+        }
+    }
+
+    fn validate_proxy(&self, problems: &mut Vec<String>) {
+        let proxy = &self.proxy;
+        for method in &proxy.allow_methods {
+            if http::Method::from_bytes(method.as_bytes()).is_err() || method.is_empty() {
+                problems.push(format!("proxy.allow_methods: {method:?} is not an HTTP method"));
+            } else if method.eq_ignore_ascii_case("CONNECT") {
+                problems.push("proxy.allow_methods: CONNECT is never forwarded".to_owned());
+            }
+        }
+        for path in &proxy.allow_paths {
+            if !path.starts_with('/') {
+                problems.push(format!("proxy.allow_paths: {path:?} must start with '/'"));
+            }
+        }
+        if proxy.max_request_header_bytes.0 < 1024 {
+            problems.push("proxy.max_request_header_bytes: must be at least 1KiB".to_owned());
+        }
+    }
+}
+
+fn require_positive(problems: &mut Vec<String>, key: &str, value: Dur) {
+    if value.0.is_zero() {
+        problems.push(format!("{key}: must be longer than 0s"));
+    }
+}
+
+/// Layers `TRUEDAT_PROXY_SECTION__KEY` variables over `figment`: free-text keys
+/// verbatim, the rest parsed (booleans, numbers, arrays).
+fn merge_env(figment: Figment) -> Figment {
+    let env = || Env::prefixed(ENV_PREFIX).split("__").ignore(&NON_KEYS);
+    let mut figment = figment.merge(env().ignore(&VERBATIM_KEYS));
+    for (key, value) in env().only(&VERBATIM_KEYS).iter() {
+        figment = figment.merge(Serialized::default(key.as_str(), value));
+    }
+    figment
+}
+
+/// One line per figment error, each naming the key and where it came from.
+fn describe_figment_error(error: figment::Error) -> Invalid {
+    let lines = error
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let source = e.metadata.as_ref().map(|m| format!(" (from {})", m.name)).unwrap_or_default();
+            let kind = e.kind.to_string();
+            if key.is_empty() { format!("{kind}{source}") } else { format!("{key}: {kind}{source}") }
+        })
+        .collect();
+    Invalid(lines)
+}
+
+/// Serializes any secret as the same placeholder, so `--check-config` shows
+/// that it is set without showing it.
+fn redacted<S: Serializer>(value: &Option<SecretString>, serializer: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(_) => serializer.serialize_str("<redacted>"),
+        None => serializer.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> Config {
+        let mut c = Config::default();
+        c.upstream.url = Some("https://truedat.example.com".into());
+        c.credentials.user_name = Some("svc".into());
+        c.credentials.password = Some(SecretString::from("pw"));
+        c
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let c = Config::default();
+        assert_eq!(c.listen.address.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.admin.address.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.listen.max_connections, 1024);
+        assert_eq!(c.token.refresh_before.to_string(), "5m");
+        assert_eq!(c.token.first_token_wait.to_string(), "10s");
+        assert_eq!(c.proxy.replay_body_limit.to_string(), "1MiB");
+        assert_eq!(c.proxy.max_request_header_bytes.to_string(), "64KiB");
+        assert_eq!(c.credentials.access_method, "alternative_login");
+        assert!(c.token.logout_on_shutdown);
+    }
+
+    #[test]
+    fn minimal_config_is_valid() {
+        minimal().validate().unwrap();
+    }
+
+    #[test]
+    fn every_problem_names_its_key() {
+        let mut c = Config::default();
+        c.listen.address = "0.0.0.0:8080".parse().unwrap();
+        c.token.retry_initial = Dur::secs(60);
+        c.proxy.allow_paths = vec!["api".into()];
+        let problems = c.validate().unwrap_err().0;
+        for key in [
+            "listen.address",
+            "upstream.url",
+            "credentials.user_name",
+            "credentials.password",
+            "token.retry_initial",
+            "proxy.allow_paths",
+        ] {
+            assert!(problems.iter().any(|p| p.starts_with(key)), "{key} missing from {problems:?}");
+        }
+    }
+
+    #[test]
+    fn non_loopback_needs_the_opt_in() {
+        let mut c = minimal();
+        c.listen.address = "0.0.0.0:8080".parse().unwrap();
+        assert!(c.validate().is_err());
+        c.listen.allow_non_loopback = true;
+        c.validate().unwrap();
+        c.listen.address = "[::1]:8080".parse().unwrap();
+        c.listen.allow_non_loopback = false;
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn redacted_toml_hides_the_password() {
+        let mut c = minimal();
+        c.credentials.password = Some(SecretString::from("hunter2-very-secret"));
+        let text = c.to_redacted_toml();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("password = \"<redacted>\""), "{text}");
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+    }
+
+    #[test]
+    fn toml_round_trips_through_figment() {
+        let text = minimal().to_redacted_toml();
+        let back: Config = Figment::from(Toml::string(&text)).extract().unwrap();
+        assert_eq!(back.token.refresh_before, Dur::secs(300));
+        assert_eq!(back.upstream.url.as_deref(), Some("https://truedat.example.com"));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let e = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string("[upstream]\nurll = \"x\"\n"))
+            .extract::<Config>()
+            .unwrap_err();
+        let lines = describe_figment_error(e).0;
+        assert!(lines[0].contains("urll"), "{lines:?}");
+    }
+}

@@ -1,0 +1,104 @@
+//! Answers the proxy gives itself (SPEC §5): JSON in Truedat's own shape,
+//! `{"errors":{"detail":"…"}}`, so tools that already parse Truedat's errors
+//! understand them. Details are fixed texts or come from errors that hold no
+//! request headers: a token or password cannot end up in a body.
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+use crate::upstream::FailureKind;
+
+/// The body of every response to a client: Truedat's, streamed, or ours.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// Seconds a client is asked to wait before retrying when no token is held.
+const RETRY_AFTER_SECS: HeaderValue = HeaderValue::from_static("5");
+
+/// Everything that makes the proxy answer instead of Truedat.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("{0}")]
+    BadRequest(&'static str),
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("{0}")]
+    MethodNotAllowed(&'static str),
+    #[error("request head larger than proxy.max_request_header_bytes")]
+    HeadTooLarge,
+    #[error("no valid Truedat token: {0}")]
+    NoToken(&'static str),
+    #[error("Truedat did not answer within upstream.request_timeout")]
+    Timeout,
+    #[error("{}", upstream_detail(*.0))]
+    Upstream(FailureKind),
+}
+
+fn upstream_detail(kind: FailureKind) -> &'static str {
+    match kind {
+        FailureKind::Connect => "Truedat unreachable: the connection failed",
+        FailureKind::Tls => "Truedat unreachable: the TLS handshake failed",
+        FailureKind::Timeout => "Truedat unreachable: connecting timed out",
+        FailureKind::Protocol => "bad answer from Truedat: the connection broke or the response was malformed",
+    }
+}
+
+impl ProxyError {
+    /// The status SPEC §5 assigns.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::NoToken(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The JSON response for the client.
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let mut response = json_error(self.status(), &self.to_string());
+        if matches!(self, ProxyError::NoToken(_)) {
+            response.headers_mut().insert(RETRY_AFTER, RETRY_AFTER_SECS);
+        }
+        response
+    }
+}
+
+/// `{"errors":{"detail":detail}}` with `status`.
+pub fn json_error(status: StatusCode, detail: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({ "errors": { "detail": detail } });
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn errors_are_truedat_shaped_json() {
+        let response = ProxyError::NoToken("credentials rejected").into_response();
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()[RETRY_AFTER], "5");
+        assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["errors"]["detail"], "no valid Truedat token: credentials rejected");
+    }
+
+    #[test]
+    fn statuses_follow_the_spec() {
+        assert_eq!(ProxyError::Upstream(FailureKind::Tls).status(), 502);
+        assert_eq!(ProxyError::Timeout.status(), 504);
+        assert_eq!(ProxyError::HeadTooLarge.status(), 431);
+        assert_eq!(ProxyError::MethodNotAllowed("x").status(), 405);
+    }
+}

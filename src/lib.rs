@@ -1,0 +1,35 @@
+//! truedat-auth-proxy: an authenticating reverse-proxy sidecar for Truedat.
+//!
+//! Legacy tools talk plain HTTP to the proxy on loopback; the proxy logs in
+//! to Truedat with the service credentials, keeps the token fresh, and
+//! forwards every request with `Authorization: Bearer <token>` added.
+//!
+//! A request flows through:
+//! - [`server`]: the accept loop (connection limit, head limits, graceful drain);
+//! - [`proxy`]: policy checks ([`paths`], methods, framing), the bearer from
+//!   [`auth`], header hygiene ([`headers`]), the join onto [`origin`], the
+//!   [`upstream`] client, and one replay after a 401 with the body kept by
+//!   [`replay`]; failures become JSON errors ([`error`]);
+//! - [`telemetry`]: an access-log line and metrics.
+//!
+//! Around it: [`config`] (layered, validated before anything binds, with
+//! [`units`] for durations and sizes), [`auth`] (the `ArcSwap` token cell and
+//! the renewer task that owns every login), [`admin`] (probes, metrics,
+//! `/quitquitquit`) and [`app`], which binds, runs and shuts down in order.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod headers;
+pub mod origin;
+pub mod paths;
+pub mod proxy;
+pub mod replay;
+pub mod server;
+pub mod telemetry;
+pub mod units;
+pub mod upstream;

@@ -1,0 +1,304 @@
+//! The forwarding handler: checks the request against the policy, injects the
+//! bearer, streams the request to Truedat and the response back, and replays
+//! the request once after a 401.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Either;
+use hyper::body::{Body, Incoming};
+use tokio::sync::oneshot;
+
+use crate::auth::{Auth, Credential};
+use crate::config::ProxySettings;
+use crate::error::{ProxyBody, ProxyError};
+use crate::headers::{self, REQUEST_ID};
+use crate::origin::Origin;
+use crate::paths::{PathPolicy, Refusal};
+use crate::replay::{self, Kept, UpstreamBody};
+use crate::telemetry::{self, InFlight};
+use crate::upstream::{self, HttpClient};
+
+/// How long to wait, after a 401, for hyper to hand back the first attempt's
+/// body. It is handed back as soon as hyper drops it, normally at once.
+const BODY_RETURN_WAIT: Duration = Duration::from_secs(5);
+
+/// The forwarding service shared by every connection.
+pub struct Proxy {
+    auth: Arc<Auth>,
+    client: HttpClient,
+    origin: Origin,
+    policy: Policy,
+    request_timeout: Duration,
+    /// Requests being answered, for the drain report at shutdown.
+    in_flight: AtomicUsize,
+}
+
+/// What `[proxy]` allows, prepared once.
+struct Policy {
+    methods: Vec<Method>,
+    paths: PathPolicy,
+    replay_limit: u64,
+    max_head: u64,
+}
+
+/// A response from Truedat and how it was obtained.
+struct Forwarded {
+    response: Response<Incoming>,
+    replayed: bool,
+}
+
+impl Proxy {
+    /// A proxy to `origin` through `client`, authenticating with `auth`.
+    pub fn new(
+        auth: Arc<Auth>,
+        client: HttpClient,
+        origin: Origin,
+        settings: &ProxySettings,
+        request_timeout: Duration,
+    ) -> Proxy {
+        let methods = settings
+            .allow_methods
+            .iter()
+            .filter_map(|m| Method::from_bytes(m.to_ascii_uppercase().as_bytes()).ok())
+            .collect();
+        let policy = Policy {
+            methods,
+            paths: PathPolicy::new(&settings.allow_paths, settings.allow_session_paths),
+            replay_limit: settings.replay_body_limit.0,
+            max_head: settings.max_request_header_bytes.0,
+        };
+        Proxy { auth, client, origin, policy, request_timeout, in_flight: AtomicUsize::new(0) }
+    }
+
+    /// Answers one client request; every failure becomes a JSON error.
+    pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+        let started = Instant::now();
+        let _in_flight = InFlight::start(&self.in_flight);
+        let method = telemetry::method_label(request.method());
+        let request_id = request_id(request.headers());
+        let path = request.uri().path().to_owned();
+        let (mut response, upstream_status, replayed) = match self.forward(request, &request_id).await {
+            Ok(Forwarded { mut response, replayed }) => {
+                let status = response.status();
+                headers::to_client(response.headers_mut());
+                (response.map(Either::Left), Some(status), replayed)
+            }
+            Err(error) => (error.into_response(), None, false),
+        };
+        response.headers_mut().insert(REQUEST_ID.clone(), request_id.clone());
+        let duration = started.elapsed();
+        telemetry::record_request(method, response.status(), duration);
+        tracing::info!(
+            target: "access",
+            method,
+            path,
+            status = response.status().as_u16(),
+            duration_ms = duration.as_secs_f64() * 1000.0,
+            upstream_status = upstream_status.map(|s| s.as_u16()),
+            request_id = request_id.to_str().unwrap_or_default(),
+            replayed,
+            "request"
+        );
+        Ok(response)
+    }
+
+    async fn forward(&self, request: Request<Incoming>, request_id: &HeaderValue) -> Result<Forwarded, ProxyError> {
+        self.policy.check(&request)?;
+        let credential = self.auth.credential().await.ok_or_else(|| self.no_token())?;
+        let (mut parts, body) = request.into_parts();
+        parts.uri = self
+            .origin
+            .join(parts.uri.path_and_query().unwrap_or(&"/".parse().expect("'/' is a valid path")))
+            .map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded"))?;
+        parts.headers.insert(REQUEST_ID.clone(), request_id.clone());
+        let declared_len = content_length(&parts.headers);
+        let (body, kept) = self.first_body(body);
+        let replay_parts = clone_parts(&parts);
+        let response = self.send(parts, body, &credential).await?;
+        if response.status() != StatusCode::UNAUTHORIZED {
+            return Ok(Forwarded { response, replayed: false });
+        }
+        self.after_unauthorized(response, credential, replay_parts, kept, declared_len).await
+    }
+
+    /// Truedat said 401: the token is dead. Log in again (once, however many
+    /// requests saw it) and replay this request if its body was kept.
+    async fn after_unauthorized(
+        &self,
+        response: Response<Incoming>,
+        credential: Credential,
+        parts: Parts,
+        kept: Option<oneshot::Receiver<Kept>>,
+        declared_len: Option<u64>,
+    ) -> Result<Forwarded, ProxyError> {
+        let body = match kept {
+            None => Some(UpstreamBody::Empty),
+            Some(kept) => match tokio::time::timeout(BODY_RETURN_WAIT, kept).await {
+                Ok(Ok(kept)) => kept.into_replay(declared_len, self.policy.replay_limit).map(UpstreamBody::Replay),
+                _ => None,
+            },
+        };
+        self.auth.report_unauthorized(credential.generation);
+        let Some(body) = body else {
+            // Too large to replay: the client gets Truedat's 401; the login
+            // still happens, for the next requests.
+            return Ok(Forwarded { response, replayed: false });
+        };
+        let credential = self.auth.successor(credential.generation).await.ok_or_else(|| self.no_token())?;
+        drop(response);
+        let replayed = self.send(parts, body, &credential).await;
+        telemetry::record_replay(replayed.as_ref().is_ok_and(|r| r.status() != StatusCode::UNAUTHORIZED));
+        Ok(Forwarded { response: replayed?, replayed: true })
+    }
+
+    /// The client's body for the first attempt, and where its kept copy will
+    /// come back (`None`: no body, nothing to keep).
+    fn first_body(&self, body: Incoming) -> (UpstreamBody, Option<oneshot::Receiver<Kept>>) {
+        if body.is_end_stream() {
+            return (UpstreamBody::Empty, None);
+        }
+        let (tape, kept) = replay::tape(body, self.policy.replay_limit);
+        (UpstreamBody::Tape(tape), Some(kept))
+    }
+
+    /// One attempt: bearer in, bounded wait for the response headers.
+    async fn send(
+        &self,
+        mut parts: Parts,
+        body: UpstreamBody,
+        credential: &Credential,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        headers::to_upstream(&mut parts.headers, credential.bearer.clone());
+        let request = Request::from_parts(parts, body);
+        match tokio::time::timeout(self.request_timeout, self.client.request(request)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => {
+                let kind = upstream::classify(&error);
+                telemetry::record_upstream_error(kind.label());
+                tracing::warn!(kind = kind.label(), error = %upstream::root_cause(&error), "request to Truedat failed");
+                Err(ProxyError::Upstream(kind))
+            }
+            Err(_) => {
+                telemetry::record_upstream_error("timeout");
+                tracing::warn!(timeout_ms = self.request_timeout.as_millis() as u64, "Truedat did not answer in time");
+                Err(ProxyError::Timeout)
+            }
+        }
+    }
+
+    /// Requests being answered right now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    fn no_token(&self) -> ProxyError {
+        ProxyError::NoToken(self.auth.readiness().err().unwrap_or("token expired"))
+    }
+}
+
+impl Policy {
+    /// SPEC §4–§5: what is refused before anything is sent.
+    fn check(&self, request: &Request<Incoming>) -> Result<(), ProxyError> {
+        if request.method() == Method::CONNECT {
+            return Err(ProxyError::MethodNotAllowed(
+                "CONNECT is not supported: this proxy only forwards requests to Truedat",
+            ));
+        }
+        if !self.methods.is_empty() && !self.methods.contains(request.method()) {
+            return Err(ProxyError::MethodNotAllowed("method not allowed by proxy.allow_methods"));
+        }
+        if head_size(request) > self.max_head {
+            return Err(ProxyError::HeadTooLarge);
+        }
+        check_framing(request.headers())?;
+        match self.paths.check(request.uri().path()) {
+            Ok(()) => Ok(()),
+            Err(Refusal::Sessions) => Err(ProxyError::Forbidden(
+                "session routes are not forwarded (proxy.allow_session_paths): the proxy manages its own session",
+            )),
+            Err(Refusal::NotAllowed) => Err(ProxyError::Forbidden("path not allowed by proxy.allow_paths")),
+        }
+    }
+}
+
+/// RFC 9112 §6.3: a message with both `Transfer-Encoding` and
+/// `Content-Length` "ought to be handled as an error", and differing
+/// `Content-Length` values are unrecoverable; forwarding either could let a
+/// request be read two ways (request smuggling).
+fn check_framing(headers: &HeaderMap) -> Result<(), ProxyError> {
+    if headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH) {
+        return Err(ProxyError::BadRequest("both Transfer-Encoding and Content-Length: ambiguous framing"));
+    }
+    let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
+    if let Some(first) = lengths.next() {
+        if lengths.any(|other| other != first) {
+            return Err(ProxyError::BadRequest("conflicting Content-Length values"));
+        }
+    }
+    Ok(())
+}
+
+/// The size of the request head as received (request line and fields).
+fn head_size<B>(request: &Request<B>) -> u64 {
+    let line = request.method().as_str().len() + request.uri().to_string().len() + 12;
+    let fields: usize = request.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    (line + fields) as u64
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// The client's `X-Request-Id`, or a new one.
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(id) = headers.get(&REQUEST_ID).filter(|v| !v.is_empty() && v.len() <= 200) {
+        return id.clone();
+    }
+    let id = format!("{:032x}", rand::random::<u128>());
+    HeaderValue::try_from(id).expect("hex digits are a valid header value")
+}
+
+/// A copy of the request head, for the replay.
+fn clone_parts(parts: &Parts) -> Parts {
+    let mut builder = Request::builder().method(parts.method.clone()).uri(parts.uri.clone()).version(parts.version);
+    if let Some(headers) = builder.headers_mut() {
+        *headers = parts.headers.clone();
+    }
+    builder.body(()).expect("parts taken from a valid request").into_parts().0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ambiguous_framing_is_refused() {
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static("5"));
+        assert!(check_framing(&h).is_ok());
+        h.append(CONTENT_LENGTH, HeaderValue::from_static("5"));
+        assert!(check_framing(&h).is_ok());
+        h.append(CONTENT_LENGTH, HeaderValue::from_static("6"));
+        assert!(check_framing(&h).is_err());
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static("5"));
+        h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        assert!(check_framing(&h).is_err());
+    }
+
+    #[test]
+    fn request_ids_are_kept_or_generated() {
+        let mut h = HeaderMap::new();
+        let generated = request_id(&h);
+        assert_eq!(generated.len(), 32);
+        assert_ne!(generated, request_id(&h));
+        h.insert(&REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+    }
+}

@@ -1,0 +1,290 @@
+//! Request bodies sent upstream, and the bounded copy that lets a request be
+//! replayed once after a 401.
+//!
+//! In the spirit of linkerd's `ReplayBody`: the first attempt streams the
+//! client's body to Truedat frame by frame while keeping the frames it has
+//! sent, up to `proxy.replay_body_limit`. When hyper is done with that body
+//! it is dropped, and the drop hands the kept frames (and the unread rest of
+//! the client's body, if Truedat answered early) back to the request handler
+//! over a oneshot channel: no lock, no copy of the bytes (`Bytes` clones
+//! share the buffer). A body that outgrows the limit stops keeping anything,
+//! so memory stays bounded whatever the upload's size.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::sync::oneshot;
+
+/// Any body the proxy sends to Truedat.
+#[derive(Debug)]
+pub enum UpstreamBody {
+    /// No body at all (GET, DELETE, logout…).
+    Empty,
+    /// A body the proxy built itself (login, refresh).
+    Full(Option<Bytes>),
+    /// A client's body on its first attempt.
+    Tape(Tape),
+    /// A client's body on its replay.
+    Replay(Replay),
+}
+
+impl UpstreamBody {
+    /// A body holding `bytes`.
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        UpstreamBody::Full(Some(bytes.into()))
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            UpstreamBody::Empty => Poll::Ready(None),
+            UpstreamBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            UpstreamBody::Tape(tape) => Pin::new(tape).poll_frame(cx),
+            UpstreamBody::Replay(replay) => Pin::new(replay).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Empty => true,
+            UpstreamBody::Full(bytes) => bytes.is_none(),
+            UpstreamBody::Tape(tape) => tape.is_end_stream(),
+            UpstreamBody::Replay(replay) => replay.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Empty => SizeHint::with_exact(0),
+            UpstreamBody::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            UpstreamBody::Tape(tape) => tape.size_hint(),
+            UpstreamBody::Replay(replay) => replay.size_hint(),
+        }
+    }
+}
+
+/// The first attempt's body: streams the client's frames and keeps a copy.
+#[derive(Debug)]
+pub struct Tape<B: Body = Incoming> {
+    inner: Option<B>,
+    kept: Vec<Bytes>,
+    kept_len: u64,
+    limit: u64,
+    trailers: Option<HeaderMap>,
+    /// The client's body has ended: nothing is left to read from it.
+    finished: bool,
+    /// Where the copy goes when hyper drops the body; `None` once the copy
+    /// was given up (over the limit, or the client's body failed).
+    give_back: Option<oneshot::Sender<Kept<B>>>,
+}
+
+/// What the first attempt kept, handed back when its body is dropped.
+#[derive(Debug)]
+pub struct Kept<B = Incoming> {
+    frames: Vec<Bytes>,
+    len: u64,
+    trailers: Option<HeaderMap>,
+    /// The part of the client's body the first attempt never read.
+    rest: Option<B>,
+}
+
+/// Wraps a client's body for its first attempt; the receiver yields the kept
+/// copy once the attempt is over, or an error if the body was not kept.
+pub fn tape<B: Body>(body: B, limit: u64) -> (Tape<B>, oneshot::Receiver<Kept<B>>) {
+    let (give_back, kept) = oneshot::channel();
+    let tape = Tape {
+        inner: Some(body),
+        kept: Vec::new(),
+        kept_len: 0,
+        limit,
+        trailers: None,
+        finished: false,
+        give_back: Some(give_back),
+    };
+    (tape, kept)
+}
+
+impl<B: Body<Data = Bytes>> Tape<B> {
+    fn keep(&mut self, frame: &Frame<Bytes>) {
+        if self.give_back.is_none() {
+            return;
+        }
+        if let Some(data) = frame.data_ref() {
+            self.kept_len += data.len() as u64;
+            if self.kept_len > self.limit {
+                self.give_up();
+            } else if !data.is_empty() {
+                self.kept.push(data.clone());
+            }
+        } else if let Some(trailers) = frame.trailers_ref() {
+            self.trailers = Some(trailers.clone());
+        }
+    }
+
+    fn give_up(&mut self) {
+        self.give_back = None;
+        self.kept = Vec::new();
+        self.trailers = None;
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Tape<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = ready!(Pin::new(inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(frame)) => this.keep(frame),
+            Some(Err(_)) => this.give_up(),
+            None => this.finished = true,
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.finished || self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
+    }
+}
+
+impl<B: Body> Drop for Tape<B> {
+    fn drop(&mut self) {
+        let Some(give_back) = self.give_back.take() else {
+            return;
+        };
+        let finished = self.finished || self.inner.as_ref().is_none_or(|b| b.is_end_stream());
+        let rest = if finished { None } else { self.inner.take() };
+        let kept =
+            Kept { frames: std::mem::take(&mut self.kept), len: self.kept_len, trailers: self.trailers.take(), rest };
+        // The handler may have stopped waiting (no 401): then the copy is simply freed.
+        let _ = give_back.send(kept);
+    }
+}
+
+impl<B: Body> Kept<B> {
+    /// The body for the replay, if the request may be replayed: either the
+    /// client's body was read whole, or its declared length is within the
+    /// limit and the rest can still be read from the client.
+    pub fn into_replay(self, declared_len: Option<u64>, limit: u64) -> Option<Replay<B>> {
+        if self.rest.is_some() && declared_len.is_none_or(|len| len > limit) {
+            return None;
+        }
+        Some(Replay { frames: self.frames.into(), kept_len: self.len, rest: self.rest, trailers: self.trailers })
+    }
+}
+
+/// The replay's body: the kept frames, then whatever the client still sends.
+#[derive(Debug)]
+pub struct Replay<B = Incoming> {
+    frames: VecDeque<Bytes>,
+    kept_len: u64,
+    rest: Option<B>,
+    trailers: Option<HeaderMap>,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Replay<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.get_mut();
+        if let Some(data) = this.frames.pop_front() {
+            this.kept_len -= data.len() as u64;
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        if let Some(rest) = this.rest.as_mut() {
+            match ready!(Pin::new(rest).poll_frame(cx)) {
+                None => this.rest = None,
+                frame => return Poll::Ready(frame),
+            }
+        }
+        Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_empty() && self.trailers.is_none() && self.rest.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let Some(rest) = &self.rest else {
+            return SizeHint::with_exact(self.kept_len);
+        };
+        let rest = rest.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + self.kept_len);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + self.kept_len);
+        }
+        hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, StreamBody};
+    use std::convert::Infallible;
+
+    type Frames = futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>;
+
+    fn client_body(chunks: &[&'static str]) -> StreamBody<Frames> {
+        let frames: Vec<_> = chunks.iter().map(|c| Ok(Frame::data(Bytes::from_static(c.as_bytes())))).collect();
+        StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    async fn send(tape: Tape<StreamBody<Frames>>) -> Bytes {
+        tape.collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_small_body_streams_and_comes_back_for_the_replay() {
+        let (tape, kept) = tape(client_body(&["hello ", "world"]), 64);
+        assert_eq!(send(tape).await, "hello world");
+        let replay = kept.await.unwrap().into_replay(None, 64).unwrap();
+        assert_eq!(replay.size_hint().exact(), Some(11));
+        assert_eq!(replay.collect().await.unwrap().to_bytes(), "hello world");
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_streamed_but_not_kept() {
+        let (tape, kept) = tape(client_body(&["0123456789", "0123456789"]), 15);
+        assert_eq!(send(tape).await.len(), 20);
+        assert!(kept.await.is_err(), "nothing may be kept past the limit");
+    }
+
+    #[tokio::test]
+    async fn an_unread_rest_is_replayed_after_the_kept_part() {
+        let (mut tape, kept) = tape(client_body(&["abc", "def", "ghi"]), 64);
+        let first = tape.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, "abc");
+        drop(tape); // Truedat answered before reading the whole body.
+        let kept = kept.await.unwrap();
+        let replay = kept.into_replay(Some(9), 64).unwrap();
+        assert_eq!(replay.collect().await.unwrap().to_bytes(), "abcdefghi");
+    }
+
+    #[tokio::test]
+    async fn an_unread_rest_of_unknown_length_is_not_replayed() {
+        let (mut tape, kept) = tape(client_body(&["abc", "def"]), 64);
+        tape.frame().await.unwrap().unwrap();
+        drop(tape);
+        assert!(kept.await.unwrap().into_replay(None, 64).is_none());
+    }
+}

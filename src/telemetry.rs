@@ -1,0 +1,160 @@
+//! Logs and metrics: the names of SPEC §6 and §8 live here and nowhere else.
+//!
+//! Metric labels are low-cardinality by construction: methods outside the
+//! standard set become `other`, and no path, user or request id is ever a label.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{Method, StatusCode};
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Log, LogFormat};
+
+pub const REQUESTS: &str = "truedat_proxy_requests_total";
+pub const REQUEST_DURATION: &str = "truedat_proxy_request_duration_seconds";
+pub const UPSTREAM_ERRORS: &str = "truedat_proxy_upstream_errors_total";
+pub const LOGINS: &str = "truedat_proxy_logins_total";
+pub const TOKEN_REFRESHES: &str = "truedat_proxy_token_refreshes_total";
+pub const REPLAYS: &str = "truedat_proxy_replays_total";
+pub const TOKEN_EXPIRY: &str = "truedat_proxy_token_expiry_timestamp_seconds";
+pub const READY: &str = "truedat_proxy_ready";
+pub const IN_FLIGHT: &str = "truedat_proxy_in_flight_requests";
+pub const LOGIN_DURATION: &str = "truedat_proxy_login_duration_seconds";
+pub const BUILD_INFO: &str = "truedat_proxy_build_info";
+
+/// Request latency buckets: from a loopback round trip to a slow report.
+const REQUEST_BUCKETS: [f64; 16] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+/// Login latency buckets: a login is a password hash on Truedat's side.
+const LOGIN_BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Sets up the global `tracing` subscriber from `[log]`. Called once, by main.
+pub fn init_logging(log: &Log) -> Result<(), String> {
+    let filter = EnvFilter::try_new(&log.level).map_err(|e| format!("log.level: {e}"))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    let result = match log.format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    result.map_err(|e| format!("cannot set up logging: {e}"))
+}
+
+/// The process-wide Prometheus recorder, installed on first use (tests run
+/// several proxies in one process; they share it).
+pub fn metrics_handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), &REQUEST_BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(LOGIN_DURATION.into()), &LOGIN_BUCKETS))
+            .expect("bucket lists are non-empty constants")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Fails only if another recorder was installed first; then this handle
+        // renders an empty registry, which is visible and harmless.
+        let _ = metrics::set_global_recorder(recorder);
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(REQUESTS, "Requests answered to local clients, by method and status.");
+    describe_histogram!(REQUEST_DURATION, Unit::Seconds, "Time from request received to response headers sent.");
+    describe_counter!(UPSTREAM_ERRORS, "Failures talking to Truedat, by kind.");
+    describe_counter!(LOGINS, "Logins to Truedat, by result.");
+    describe_counter!(TOKEN_REFRESHES, "New tokens obtained, by reason.");
+    describe_counter!(REPLAYS, "Requests replayed after a 401, by result.");
+    describe_gauge!(TOKEN_EXPIRY, Unit::Seconds, "Unix time at which the current token expires.");
+    describe_gauge!(READY, "1 while a valid token is held and no shutdown has begun.");
+    describe_gauge!(IN_FLIGHT, "Requests being forwarded right now.");
+    describe_histogram!(LOGIN_DURATION, Unit::Seconds, "Duration of login calls to Truedat.");
+    describe_gauge!(BUILD_INFO, "Always 1; the version label names the build.");
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    for kind in ["connect", "tls", "timeout", "protocol"] {
+        counter!(UPSTREAM_ERRORS, "kind" => kind).absolute(0);
+    }
+    for result in ["success", "rejected", "error"] {
+        counter!(LOGINS, "result" => result).absolute(0);
+    }
+    for reason in ["startup", "expiry", "unauthorized"] {
+        counter!(TOKEN_REFRESHES, "reason" => reason).absolute(0);
+    }
+    for result in ["success", "failure"] {
+        counter!(REPLAYS, "result" => result).absolute(0);
+    }
+    gauge!(IN_FLIGHT).set(0.0);
+}
+
+/// A method as a label value.
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// One answered request.
+pub fn record_request(method: &'static str, status: StatusCode, duration: Duration) {
+    counter!(REQUESTS, "method" => method, "status" => status.as_u16().to_string()).increment(1);
+    histogram!(REQUEST_DURATION, "method" => method).record(duration.as_secs_f64());
+}
+
+/// A failure talking to Truedat.
+pub fn record_upstream_error(kind: &'static str) {
+    counter!(UPSTREAM_ERRORS, "kind" => kind).increment(1);
+}
+
+/// A replay after a 401 and whether Truedat accepted it.
+pub fn record_replay(success: bool) {
+    counter!(REPLAYS, "result" => if success { "success" } else { "failure" }).increment(1);
+}
+
+/// One login attempt.
+pub fn record_login(result: &'static str, duration: Duration) {
+    counter!(LOGINS, "result" => result).increment(1);
+    histogram!(LOGIN_DURATION).record(duration.as_secs_f64());
+}
+
+/// A new token, why it was fetched, and when it expires.
+pub fn record_token(reason: &'static str, expires_at: SystemTime) {
+    counter!(TOKEN_REFRESHES, "reason" => reason).increment(1);
+    let unix = expires_at.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    gauge!(TOKEN_EXPIRY).set(unix);
+}
+
+/// Readiness as a gauge, refreshed at every scrape.
+pub fn record_ready(ready: bool) {
+    gauge!(READY).set(if ready { 1.0 } else { 0.0 });
+}
+
+/// Counts a request in flight, in the gauge and in `counter`, for as long
+/// as the guard lives.
+pub struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    /// Counts one more request in flight.
+    pub fn start(counter: &'a AtomicUsize) -> InFlight<'a> {
+        counter.fetch_add(1, Ordering::Relaxed);
+        gauge!(IN_FLIGHT).increment(1.0);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+        gauge!(IN_FLIGHT).decrement(1.0);
+    }
+}
