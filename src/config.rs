@@ -541,4 +541,29 @@ mod tests {
         let lines = describe_figment_error(e).0;
         assert!(lines[0].contains("urll"), "{lines:?}");
     }
+
+    #[test]
+    fn the_example_file_lists_every_key_with_its_default() {
+        let text = include_str!("../config.example.toml");
+        let mut example: Config = Figment::from(Toml::string(text)).extract().unwrap();
+        example.upstream.url = None;
+        example.credentials.user_name = None;
+        example.credentials.password_file = None;
+        assert_eq!(toml::to_string(&example).unwrap(), toml::to_string(&Config::default()).unwrap());
+
+        let mut every_key = minimal();
+        every_key.upstream.ca_file = Some("x".into());
+        every_key.upstream.client_cert_file = Some("x".into());
+        every_key.upstream.client_key_file = Some("x".into());
+        every_key.upstream.egress_proxy = Some("x".into());
+        every_key.credentials.password_file = Some("x".into());
+        let table: toml::Table = toml::from_str(&every_key.to_redacted_toml()).unwrap();
+        for (section, keys) in &table {
+            assert!(text.contains(&format!("\n[{section}]\n")), "[{section}] missing from config.example.toml");
+            for key in keys.as_table().unwrap().keys() {
+                let listed = text.contains(&format!("\n{key} = ")) || text.contains(&format!("\n# {key} = "));
+                assert!(listed, "{section}.{key} missing from config.example.toml");
+            }
+        }
+    }
 }

@@ -10,7 +10,7 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use truedat_auth_proxy::app::{App, Outcome};
 use truedat_auth_proxy::config::Config;
-use truedat_auth_proxy::telemetry;
+use truedat_auth_proxy::{telemetry, upstream};
 
 /// Exit code for an invalid configuration or command line (SPEC §1).
 const EXIT_INVALID: u8 = 2;
@@ -42,6 +42,12 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_INVALID);
         }
     };
+    // TLS material and the egress proxy are part of the configuration: a bad
+    // file is reported like a bad key, before anything binds (no network).
+    if let Err(e) = upstream::build(&config.upstream, &config.proxy_env, &config.origin()) {
+        eprintln!("invalid configuration: {e}");
+        return ExitCode::from(EXIT_INVALID);
+    }
     if cli.check_config {
         print!("{}", config.to_redacted_toml());
         return ExitCode::SUCCESS;

@@ -1,0 +1,5 @@
+mod fake_truedat;
+mod forwarding;
+mod lifecycle;
+#[path = "../support/mod.rs"]
+mod support;
