@@ -274,7 +274,11 @@ impl Config {
     pub fn load(file: Option<&Path>) -> Result<Config, Invalid> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
-            std::fs::metadata(path).map_err(|e| Invalid(vec![format!("--config {}: {e}", path.display())]))?;
+            let not_a_file = |why: String| Invalid(vec![format!("--config {}: {why}", path.display())]);
+            let metadata = std::fs::metadata(path).map_err(|e| not_a_file(e.to_string()))?;
+            if !metadata.is_file() {
+                return Err(not_a_file("not a regular file".to_owned()));
+            }
             figment = figment.merge(Toml::file_exact(path));
         }
         figment = merge_env(figment);
@@ -434,12 +438,38 @@ fn describe_figment_error(error: figment::Error) -> Invalid {
         .into_iter()
         .map(|e| {
             let key = e.path.join(".");
-            let source = e.metadata.as_ref().map(|m| format!(" (from {})", m.name)).unwrap_or_default();
-            let kind = e.kind.to_string();
-            if key.is_empty() { format!("{kind}{source}") } else { format!("{key}: {kind}{source}") }
+            let source = e.metadata.as_ref().map(|m| describe_source(m, &e.path)).unwrap_or_default();
+            let what = describe_kind(&e.kind);
+            if key.is_empty() { format!("{what}{source}") } else { format!("{key}: {what}{source}") }
         })
         .collect();
     Invalid(lines)
+}
+
+/// The error on one line: a TOML syntax error's snippet is reduced to its
+/// position and reason; an unknown key lists the keys that exist.
+fn describe_kind(kind: &figment::error::Kind) -> String {
+    if let figment::error::Kind::UnknownField(field, expected) = kind {
+        return format!("unknown key {field:?} (known keys: {})", expected.join(", "));
+    }
+    let text = kind.to_string();
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('|')).collect();
+    match lines.as_slice() {
+        [] => text,
+        [only] => (*only).to_owned(),
+        [first, .., last] => format!("{first}: {last}"),
+    }
+}
+
+/// Where a bad value came from: the file, or the exact environment variable.
+fn describe_source(metadata: &figment::Metadata, path: &[String]) -> String {
+    match &metadata.source {
+        Some(figment::Source::File(file)) => format!(" (in {})", file.display()),
+        _ if metadata.name.contains("environment") => {
+            format!(" (environment variable {ENV_PREFIX}{})", path.join("__").to_ascii_uppercase())
+        }
+        _ => format!(" (from {})", metadata.name),
+    }
 }
 
 /// Serializes any secret as the same placeholder, so `--check-config` shows

@@ -246,7 +246,10 @@ fn check_framing(headers: &HeaderMap) -> Result<(), ProxyError> {
 
 /// The size of the request head as received (request line and fields).
 fn head_size<B>(request: &Request<B>) -> u64 {
-    let line = request.method().as_str().len() + request.uri().to_string().len() + 12;
+    let uri = request.uri();
+    let target = uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len() + uri.scheme_str().map_or(0, str::len) + 3);
+    let line = request.method().as_str().len() + target + 12;
     let fields: usize = request.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
     (line + fields) as u64
 }

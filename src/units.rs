@@ -82,6 +82,14 @@ impl fmt::Display for Size {
     }
 }
 
+/// What a duration or size may be written as before parsing.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Unit {
+    Text(String),
+    Number(u64),
+}
+
 macro_rules! serde_via_string {
     ($ty:ty) => {
         impl Serialize for $ty {
@@ -92,8 +100,13 @@ macro_rules! serde_via_string {
 
         impl<'de> Deserialize<'de> for $ty {
             fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                let text = String::deserialize(deserializer)?;
-                text.parse().map_err(serde::de::Error::custom)
+                // A bare number (say `5` from an environment variable) is
+                // parsed like the string "5", whose error asks for a unit.
+                match Unit::deserialize(deserializer)? {
+                    Unit::Text(text) => text.parse(),
+                    Unit::Number(n) => n.to_string().parse(),
+                }
+                .map_err(serde::de::Error::custom)
             }
         }
     };

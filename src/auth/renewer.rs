@@ -75,6 +75,7 @@ impl Renewer {
         let mut reason = Reason::Startup;
         let mut backoff = Backoff::new(self.settings.retry_initial.0, self.settings.retry_max.0);
         let mut failures = Failures::default();
+        let mut rejections = Rejections::new(self.settings.retry_initial.0, self.settings.retry_max.0);
         loop {
             let outcome = tokio::select! {
                 outcome = self.renew(reason) => outcome,
@@ -84,10 +85,18 @@ impl Renewer {
                 Ok(renew_at) => {
                     failures.recovered();
                     backoff.reset();
+                    let obtained = Instant::now();
                     reason = tokio::select! {
                         reason = self.next_trigger(renew_at) => reason,
                         () = shutdown.cancelled() => return,
                     };
+                    if reason == Reason::Unauthorized {
+                        let pause = rejections.after_unauthorized(obtained.elapsed());
+                        tokio::select! {
+                            () = tokio::time::sleep(pause) => {}
+                            () = shutdown.cancelled() => return,
+                        }
+                    }
                 }
                 Err(error) => {
                     self.auth.set_failure(Some(error.readiness_reason()));
@@ -179,6 +188,38 @@ impl Renewer {
     }
 }
 
+/// Guards against a 401 that is not about the token (an endpoint that always
+/// answers 401): without it every request to such an endpoint would cost a
+/// login. A 401 on a token younger than `FRESH` is suspicious; such 401s in a
+/// row back off like failed logins. A token that lived longer resets it.
+struct Rejections {
+    backoff: Backoff,
+}
+
+/// A token this young that Truedat already rejects is unlikely to be the cause.
+const FRESH: Duration = Duration::from_secs(1);
+
+impl Rejections {
+    fn new(initial: Duration, max: Duration) -> Self {
+        Rejections { backoff: Backoff::new(initial, max) }
+    }
+
+    /// How long to wait before logging in after a 401 on a token of `age`.
+    fn after_unauthorized(&mut self, age: Duration) -> Duration {
+        if age >= FRESH {
+            self.backoff.reset();
+            return Duration::ZERO;
+        }
+        let pause = self.backoff.next_delay();
+        tracing::warn!(
+            token_age_ms = age.as_millis() as u64,
+            pause_ms = pause.as_millis() as u64,
+            "Truedat answered 401 to a token obtained moments ago; pausing before the next login"
+        );
+        pause
+    }
+}
+
 /// Logs a failed renewal at error level once per change of state, not once
 /// per retry, and its recovery once.
 #[derive(Default)]
@@ -239,6 +280,19 @@ mod tests {
         let late = schedule(secs(3600.0), secs(300.0), 0.0);
         let early = schedule(secs(3600.0), secs(300.0), 1.0);
         assert_eq!(late.renew_after - early.renew_after, secs(30.0));
+    }
+
+    #[test]
+    fn repeated_401s_on_fresh_tokens_back_off_and_old_tokens_reset() {
+        let mut rejections = Rejections::new(secs(0.5), secs(30.0));
+        assert_eq!(rejections.after_unauthorized(secs(60.0)), Duration::ZERO);
+        let first = rejections.after_unauthorized(secs(0.1));
+        assert!(first > Duration::ZERO && first <= secs(0.5));
+        let pauses: Vec<_> = (0..10).map(|_| rejections.after_unauthorized(secs(0.1))).collect();
+        assert!(pauses.iter().all(|p| *p <= secs(30.0)));
+        assert!(pauses[9] >= secs(15.0), "{pauses:?}");
+        assert_eq!(rejections.after_unauthorized(secs(5.0)), Duration::ZERO);
+        assert!(rejections.after_unauthorized(secs(0.1)) <= secs(0.5));
     }
 
     #[test]

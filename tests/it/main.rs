@@ -1,5 +1,10 @@
+//! The integration tests: one binary, so it links once. Each module covers
+//! one concern; `support` holds the fake Truedat and the helpers.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod cli;
 mod fake_truedat;
 mod forwarding;
 mod lifecycle;
-#[path = "../support/mod.rs"]
-mod support;

@@ -115,9 +115,13 @@ impl BinaryProxy {
     /// for its "started" log line to learn the bound addresses.
     pub async fn spawn(toml: &str, env: &[(&str, &str)]) -> BinaryProxy {
         let config = config_file(toml);
+        // Only what the test sets: a developer's or CI's own proxy or
+        // TRUEDAT_PROXY_* variables must not leak into the run.
         let mut child = Command::new(BINARY)
             .arg("--config")
             .arg(config.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
