@@ -6,6 +6,8 @@
 //! So `/api/allowed/../secret`, `/api/allowed/%2e%2e/secret` and
 //! `//api//sessions` cannot slip past a prefix rule.
 
+use std::borrow::Cow;
+
 /// The route under which Truedat manages sessions. Through the proxy a tool
 /// could log the proxy's own session out, or trade its token for a refreshed
 /// one and so obtain a credential.
@@ -42,8 +44,9 @@ impl PathPolicy {
 
     /// Whether the raw request path may be forwarded.
     pub fn check(&self, raw_path: &str) -> Result<(), Refusal> {
-        let path = normalize(raw_path);
-        if !self.allow_sessions && is_under(&path.to_ascii_lowercase(), SESSIONS) {
+        // Most paths are already normal: skip the allocation for them.
+        let path = if is_normal(raw_path) { Cow::Borrowed(raw_path) } else { Cow::Owned(normalize(raw_path)) };
+        if !self.allow_sessions && is_under_ignoring_case(&path, SESSIONS) {
             return Err(Refusal::Sessions);
         }
         if self.allow.is_empty() || self.allow.iter().any(|prefix| path_starts_with(&path, prefix)) {
@@ -54,9 +57,22 @@ impl PathPolicy {
     }
 }
 
-/// `path` is `route` or below it.
-fn is_under(path: &str, route: &str) -> bool {
-    path.strip_prefix(route).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+/// `path` is `route` or below it, in any letter case.
+fn is_under_ignoring_case(path: &str, route: &str) -> bool {
+    let (path, route) = (path.as_bytes(), route.as_bytes());
+    path.len() >= route.len()
+        && path[..route.len()].eq_ignore_ascii_case(route)
+        && (path.len() == route.len() || path[route.len()] == b'/')
+}
+
+/// Whether `normalize` would return `raw` unchanged: nothing encoded, no
+/// empty or dot segments, no trailing slash.
+fn is_normal(raw: &str) -> bool {
+    raw.starts_with('/')
+        && !raw.contains('%')
+        && !raw.contains("//")
+        && !raw.contains("/.")
+        && (raw.len() == 1 || !raw.ends_with('/'))
 }
 
 fn path_starts_with(path: &str, prefix: &str) -> bool {
@@ -126,6 +142,17 @@ mod tests {
         ] {
             assert_eq!(normalize(raw), normal, "{raw}");
         }
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_normalize() {
+        for raw in ["/", "/api/x", "/api/x/", "/api/./x", "/api/%2e", "//x", "/a/..", "/api/x.json", "/.well-known", "api"] {
+            if is_normal(raw) {
+                assert_eq!(normalize(raw), raw, "{raw}");
+            }
+        }
+        assert!(is_normal("/api/x.json"));
+        assert!(!is_normal("/api/x/"));
     }
 
     #[test]

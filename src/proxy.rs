@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::request::Parts;
+use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Either;
 use hyper::body::{Body, Incoming};
@@ -21,7 +22,7 @@ use crate::headers::{self, REQUEST_ID};
 use crate::origin::Origin;
 use crate::paths::{PathPolicy, Refusal};
 use crate::replay::{self, Kept, UpstreamBody};
-use crate::telemetry::{self, InFlight};
+use crate::telemetry::{self, InFlight, MethodLabel};
 use crate::upstream::{self, HttpClient};
 
 /// How long to wait, after a 401, for hyper to hand back the first attempt's
@@ -80,9 +81,10 @@ impl Proxy {
     pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
         let _in_flight = InFlight::start(&self.in_flight);
-        let method = telemetry::method_label(request.method());
+        let method = MethodLabel::of(request.method());
         let request_id = request_id(request.headers());
-        let path = request.uri().path().to_owned();
+        // A cheap clone (shared bytes), kept for the access log.
+        let uri = request.uri().clone();
         let (mut response, upstream_status, replayed) = match self.forward(request, &request_id).await {
             Ok(Forwarded { mut response, replayed }) => {
                 let status = response.status();
@@ -96,8 +98,8 @@ impl Proxy {
         telemetry::record_request(method, response.status(), duration);
         tracing::info!(
             target: "access",
-            method,
-            path,
+            method = method.as_str(),
+            path = uri.path(),
             status = response.status().as_u16(),
             duration_ms = duration.as_secs_f64() * 1000.0,
             upstream_status = upstream_status.map(|s| s.as_u16()),
@@ -112,10 +114,9 @@ impl Proxy {
         self.policy.check(&request)?;
         let credential = self.auth.credential().await.ok_or_else(|| self.no_token())?;
         let (mut parts, body) = request.into_parts();
-        parts.uri = self
-            .origin
-            .join(parts.uri.path_and_query().unwrap_or(&"/".parse().expect("'/' is a valid path")))
-            .map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded"))?;
+        let target = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri =
+            self.origin.join(&target).map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded"))?;
         parts.headers.insert(REQUEST_ID.clone(), request_id.clone());
         let declared_len = content_length(&parts.headers);
         let (body, kept) = self.first_body(body);

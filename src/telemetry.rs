@@ -3,12 +3,12 @@
 //! Metric labels are low-cardinality by construction: methods outside the
 //! standard set become `other`, and no path, user or request id is ever a label.
 
-use std::sync::OnceLock;
+use std::sync::{LazyLock, OnceLock};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{Method, StatusCode};
-use metrics::{counter, gauge, histogram};
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
@@ -91,24 +91,72 @@ fn describe() {
     gauge!(IN_FLIGHT).set(0.0);
 }
 
-/// A method as a label value.
-pub fn method_label(method: &Method) -> &'static str {
-    match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::PATCH => "PATCH",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        _ => "other",
+/// The `method` label values; anything else is `other`, so a client cannot
+/// create label values at will.
+const METHODS: [&str; 8] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "other"];
+
+/// A request method reduced to one of the `METHODS` labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MethodLabel(usize);
+
+impl MethodLabel {
+    /// The label of `method`.
+    pub fn of(method: &Method) -> MethodLabel {
+        MethodLabel(match *method {
+            Method::GET => 0,
+            Method::POST => 1,
+            Method::PUT => 2,
+            Method::PATCH => 3,
+            Method::DELETE => 4,
+            Method::HEAD => 5,
+            Method::OPTIONS => 6,
+            _ => 7,
+        })
+    }
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        METHODS[self.0]
     }
 }
 
+/// Statuses 100–599 get a cached counter per method; others (legal but
+/// unheard of) are looked up each time.
+const STATUSES: usize = 500;
+
+/// Per-request metric handles, created on first use and then updated with
+/// one atomic operation each: the registry lookup (hashing the labels,
+/// formatting the status) happens once per label pair, not per request.
+struct RequestMetrics {
+    counts: Vec<OnceLock<Counter>>,
+    durations: [OnceLock<Histogram>; METHODS.len()],
+    in_flight: OnceLock<Gauge>,
+}
+
+static REQUEST_METRICS: LazyLock<RequestMetrics> = LazyLock::new(|| RequestMetrics {
+    counts: (0..METHODS.len() * STATUSES).map(|_| OnceLock::new()).collect(),
+    durations: Default::default(),
+    in_flight: OnceLock::new(),
+});
+
+fn requests_counter(method: MethodLabel, status: StatusCode) -> Counter {
+    counter!(REQUESTS, "method" => method.as_str(), "status" => status.as_u16().to_string())
+}
+
 /// One answered request.
-pub fn record_request(method: &'static str, status: StatusCode, duration: Duration) {
-    counter!(REQUESTS, "method" => method, "status" => status.as_u16().to_string()).increment(1);
-    histogram!(REQUEST_DURATION, "method" => method).record(duration.as_secs_f64());
+pub fn record_request(method: MethodLabel, status: StatusCode, duration: Duration) {
+    let metrics = &*REQUEST_METRICS;
+    match (status.as_u16() as usize).checked_sub(100).filter(|i| *i < STATUSES) {
+        Some(i) => metrics.counts[method.0 * STATUSES + i].get_or_init(|| requests_counter(method, status)).increment(1),
+        None => requests_counter(method, status).increment(1),
+    }
+    metrics.durations[method.0]
+        .get_or_init(|| histogram!(REQUEST_DURATION, "method" => method.as_str()))
+        .record(duration.as_secs_f64());
+}
+
+fn in_flight_gauge() -> &'static Gauge {
+    REQUEST_METRICS.in_flight.get_or_init(|| gauge!(IN_FLIGHT))
 }
 
 /// A failure talking to Truedat.
@@ -147,7 +195,7 @@ impl<'a> InFlight<'a> {
     /// Counts one more request in flight.
     pub fn start(counter: &'a AtomicUsize) -> InFlight<'a> {
         counter.fetch_add(1, Ordering::Relaxed);
-        gauge!(IN_FLIGHT).increment(1.0);
+        in_flight_gauge().increment(1.0);
         InFlight(counter)
     }
 }
@@ -155,6 +203,6 @@ impl<'a> InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
-        gauge!(IN_FLIGHT).decrement(1.0);
+        in_flight_gauge().decrement(1.0);
     }
 }

@@ -92,17 +92,27 @@ pub fn build(settings: &Upstream, proxy_env: &ProxyEnv, origin: &Origin) -> Resu
 
 /// Classifies a client error for the status, the metric and the log.
 pub fn classify(error: &hyper_util::client::legacy::Error) -> FailureKind {
-    let mut source: Option<&(dyn StdError + 'static)> = Some(error);
+    cause_kind(error).unwrap_or(if error.is_connect() { FailureKind::Connect } else { FailureKind::Protocol })
+}
+
+/// A timeout or TLS failure anywhere in the chain of causes.
+fn cause_kind(error: &(dyn StdError + 'static)) -> Option<FailureKind> {
+    let mut source = Some(error);
     while let Some(e) = source {
         if e.is::<ConnectTimeout>() {
-            return FailureKind::Timeout;
+            return Some(FailureKind::Timeout);
         }
         if e.is::<rustls::Error>() {
-            return FailureKind::Tls;
+            return Some(FailureKind::Tls);
         }
-        source = e.source();
+        // An io::Error's source() skips the error it wraps, and hyper-rustls
+        // wraps the rustls::Error in two of them: step into it explicitly.
+        source = match e.downcast_ref::<std::io::Error>() {
+            Some(io) => io.get_ref().map(|inner| inner as &(dyn StdError + 'static)),
+            None => e.source(),
+        };
     }
-    if error.is_connect() { FailureKind::Connect } else { FailureKind::Protocol }
+    None
 }
 
 /// The innermost cause of an error, for a log line (never carries a secret:
@@ -205,12 +215,15 @@ impl Dial {
         tcp.enforce_http(false);
         tcp.set_nodelay(true);
         tcp.set_connect_timeout(Some(settings.connect_timeout.0));
-        let (proxy, auth) = match settings.egress_proxy.as_deref() {
-            Some(explicit) => (parse_egress_proxy(explicit).map_err(BuildError::EgressProxy)?, None),
-            None => match environment_proxy(proxy_env, origin) {
-                Some(found) => found,
-                None => return Ok(Dial::Direct(tcp)),
-            },
+        let found = match settings.egress_proxy.as_deref() {
+            Some(explicit) => {
+                parse_egress_proxy(explicit).map_err(BuildError::EgressProxy)?;
+                intercept(Matcher::builder().all(explicit.to_owned()), origin)
+            }
+            None => environment_proxy(proxy_env, origin),
+        };
+        let Some((proxy, auth)) = found else {
+            return Ok(Dial::Direct(tcp));
         };
         tracing::info!(proxy = %proxy.authority().map(|a| a.as_str()).unwrap_or_default(), "reaching Truedat through an egress proxy with CONNECT");
         let tunnel = Tunnel::new(proxy, tcp);
@@ -233,6 +246,12 @@ fn environment_proxy(proxy_env: &ProxyEnv, origin: &Origin) -> Option<(Uri, Opti
     if let Some(v) = &proxy_env.no {
         matcher = matcher.no(v.clone());
     }
+    intercept(matcher, origin)
+}
+
+/// The proxy `matcher` picks for `origin`, with its `user:password` (if the
+/// URL held one) turned into a `Proxy-Authorization` value.
+fn intercept(matcher: hyper_util::client::proxy::matcher::Builder, origin: &Origin) -> Option<(Uri, Option<HeaderValue>)> {
     let intercept = matcher.build().intercept(&origin.base())?;
     Some((intercept.uri().clone(), intercept.basic_auth().cloned()))
 }
@@ -310,6 +329,24 @@ mod tests {
         for bad in ["proxy.corp:3128", "https://proxy:3128", "http://proxy:3128/path", "socks5://p:1080"] {
             assert!(parse_egress_proxy(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn tls_errors_wrapped_in_io_errors_are_found() {
+        use std::io;
+        let rustls_error = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let wrapped = io::Error::other(io::Error::new(io::ErrorKind::InvalidData, rustls_error));
+        assert_eq!(cause_kind(&wrapped), Some(FailureKind::Tls));
+        assert_eq!(cause_kind(&io::Error::other(ConnectTimeout(Duration::from_secs(1)))), Some(FailureKind::Timeout));
+        assert_eq!(cause_kind(&io::Error::from(io::ErrorKind::ConnectionRefused)), None);
+    }
+
+    #[test]
+    fn credentials_in_the_egress_proxy_url_become_proxy_authorization() {
+        let origin = Origin::parse("https://td.example.com").unwrap();
+        let (uri, auth) = intercept(Matcher::builder().all("http://user:pw@proxy:3128".to_owned()), &origin).unwrap();
+        assert_eq!(uri.authority().unwrap().as_str(), "proxy:3128");
+        assert_eq!(auth.unwrap(), "Basic dXNlcjpwdw==");
     }
 
     #[test]
