@@ -16,7 +16,8 @@ use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
-use crate::error::{ProxyBody, json_error};
+use crate::body::ProxyBody;
+use crate::error::json_error;
 use crate::telemetry;
 
 /// What the admin endpoints look at.
@@ -92,4 +93,24 @@ fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) 
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn quitquitquit_is_refused_to_other_peers_and_starts_nothing() {
+        let shutdown = CancellationToken::new();
+        let admin = Admin::new(Arc::new(Auth::new(Duration::from_secs(1), Duration::from_secs(1))), shutdown.clone());
+        for peer in ["10.1.2.3:40000", "192.0.2.7:1", "[2001:db8::1]:443"] {
+            assert_eq!(admin.quit(peer.parse().unwrap()).status(), StatusCode::FORBIDDEN, "{peer}");
+        }
+        assert!(!shutdown.is_cancelled());
+        assert_eq!(admin.readiness(), Err("no token yet"));
+        assert_eq!(admin.quit("[::1]:5000".parse().unwrap()).status(), StatusCode::OK);
+        assert!(shutdown.is_cancelled());
+        assert_eq!(admin.readiness(), Err("shutting down"));
+    }
 }

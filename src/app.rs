@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -17,7 +16,7 @@ use crate::auth::renewer::Renewer;
 use crate::auth::session::Sessions;
 use crate::config::Config;
 use crate::proxy::Proxy;
-use crate::server::{self, Limits};
+use crate::server::{self, Drain, Limits};
 use crate::telemetry;
 use crate::upstream;
 
@@ -103,8 +102,8 @@ impl App {
         let upkeep = tokio::spawn(metrics_upkeep(tasks.child_token()));
         let admin = self.serve_admin(admin_listener, shutdown.clone(), tasks.child_token());
         let stop_accepting = CancellationToken::new();
-        let graceful = Arc::new(GracefulShutdown::new());
-        let proxy = self.serve_proxy(proxy_listener, stop_accepting.clone(), graceful.clone());
+        let drain = Drain::default();
+        let proxy = self.serve_proxy(proxy_listener, stop_accepting.clone(), drain.clone());
         tracing::info!(proxy = %self.bound.proxy, admin = %self.bound.admin, upstream = %self.config.origin().authority(), "truedat-auth-proxy started");
 
         shutdown.cancelled().await;
@@ -113,7 +112,7 @@ impl App {
         tokio::time::sleep(settings.delay.0).await;
         stop_accepting.cancel();
         let _ = proxy.await;
-        let outcome = self.drain(graceful, settings.drain_timeout.0).await;
+        let outcome = self.drain(drain, settings.drain_timeout.0).await;
         tasks.cancel();
         let _ = renewer.await;
         self.logout().await;
@@ -122,12 +121,7 @@ impl App {
         outcome
     }
 
-    fn serve_proxy(
-        &self,
-        listener: TcpListener,
-        stop: CancellationToken,
-        graceful: Arc<GracefulShutdown>,
-    ) -> JoinHandle<()> {
+    fn serve_proxy(&self, listener: TcpListener, stop: CancellationToken, drain: Drain) -> JoinHandle<()> {
         let proxy = self.proxy.clone();
         let max_head = self.config.proxy.max_request_header_bytes.0 as usize;
         let limits = Limits {
@@ -138,7 +132,7 @@ impl App {
             header_read_timeout: HEADER_READ_TIMEOUT,
         };
         let handler = move |request, _peer| proxy.clone().handle(request);
-        tokio::spawn(server::serve(listener, handler, limits, stop, graceful))
+        tokio::spawn(server::serve(listener, handler, limits, stop, drain))
     }
 
     fn serve_admin(
@@ -155,12 +149,13 @@ impl App {
         };
         let handler = move |request, peer| admin.clone().handle(request, peer);
         // The admin port answers until the process exits: its connections are not drained.
-        tokio::spawn(server::serve(listener, handler, limits, stop, Arc::new(GracefulShutdown::new())))
+        tokio::spawn(server::serve(listener, handler, limits, stop, Drain::default()))
     }
 
-    async fn drain(&self, graceful: Arc<GracefulShutdown>, timeout: Duration) -> Outcome {
-        let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
-        match tokio::time::timeout(timeout, graceful.shutdown()).await {
+    async fn drain(&self, drain: Drain, timeout: Duration) -> Outcome {
+        drain.signal.cancel();
+        drain.tasks.close();
+        match tokio::time::timeout(timeout, drain.tasks.wait()).await {
             Ok(()) => {
                 tracing::info!("all client connections drained");
                 Outcome::Clean

@@ -38,6 +38,9 @@ const VERBATIM_KEYS: [&str; 13] = [
     "admin.address",
 ];
 
+/// Keys whose values are never printed, not even in an error.
+const SECRET_KEYS: [&str; 1] = ["credentials.password"];
+
 /// Environment variables under the prefix that are not configuration keys.
 const NON_KEYS: [&str; 1] = ["config"];
 
@@ -439,7 +442,12 @@ fn describe_figment_error(error: figment::Error) -> Invalid {
         .map(|e| {
             let key = e.path.join(".");
             let source = e.metadata.as_ref().map(|m| describe_source(m, &e.path)).unwrap_or_default();
-            let what = describe_kind(&e.kind);
+            // A figment type error quotes the value: never for a secret.
+            let what = if SECRET_KEYS.contains(&key.as_str()) {
+                "invalid value (not shown: it is a secret); write it as a quoted string".to_owned()
+            } else {
+                describe_kind(&e.kind)
+            };
             if key.is_empty() { format!("{what}{source}") } else { format!("{key}: {what}{source}") }
         })
         .collect();
@@ -552,6 +560,17 @@ mod tests {
         assert!(text.contains("password = \"<redacted>\""), "{text}");
         let debug = format!("{c:?}");
         assert!(!debug.contains("hunter2"), "{debug}");
+    }
+
+    #[test]
+    fn a_badly_typed_password_is_not_echoed_in_the_error() {
+        let e = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string("[credentials]\npassword = 73105928461\n"))
+            .extract::<Config>()
+            .unwrap_err();
+        let lines = describe_figment_error(e).0;
+        assert!(lines[0].starts_with("credentials.password: "), "{lines:?}");
+        assert!(!lines[0].contains("73105928461"), "{lines:?}");
     }
 
     #[test]

@@ -7,12 +7,9 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 
+use crate::body::ProxyBody;
 use crate::upstream::FailureKind;
-
-/// The body of every response to a client: Truedat's, streamed, or ours.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
 /// Seconds a client is asked to wait before retrying when no token is held.
 const RETRY_AFTER_SECS: HeaderValue = HeaderValue::from_static("5");

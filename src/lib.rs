@@ -9,7 +9,8 @@
 //! - [`proxy`]: policy checks ([`paths`], methods, framing), the bearer from
 //!   [`auth`], header hygiene ([`headers`]), the join onto [`origin`], the
 //!   [`upstream`] client, and one replay after a 401 with the body kept by
-//!   [`replay`]; failures become JSON errors ([`error`]);
+//!   [`replay`]; the response streams back in [`body`]; failures become JSON
+//!   errors ([`error`]);
 //! - [`telemetry`]: an access-log line and metrics.
 //!
 //! Around it: [`config`] (layered, validated before anything binds, with
@@ -22,6 +23,7 @@
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod body;
 pub mod config;
 pub mod error;
 pub mod headers;

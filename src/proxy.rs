@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::CONTENT_LENGTH;
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -16,8 +16,9 @@ use hyper::body::{Body, Incoming};
 use tokio::sync::oneshot;
 
 use crate::auth::{Auth, Credential};
+use crate::body::{ProxyBody, Streamed};
 use crate::config::ProxySettings;
-use crate::error::{ProxyBody, ProxyError};
+use crate::error::ProxyError;
 use crate::headers::{self, REQUEST_ID};
 use crate::origin::Origin;
 use crate::paths::{PathPolicy, Refusal};
@@ -37,7 +38,7 @@ pub struct Proxy {
     policy: Policy,
     request_timeout: Duration,
     /// Requests being answered, for the drain report at shutdown.
-    in_flight: AtomicUsize,
+    in_flight: Arc<AtomicUsize>,
 }
 
 /// What `[proxy]` allows, prepared once.
@@ -74,13 +75,13 @@ impl Proxy {
             replay_limit: settings.replay_body_limit.0,
             max_head: settings.max_request_header_bytes.0,
         };
-        Proxy { auth, client, origin, policy, request_timeout, in_flight: AtomicUsize::new(0) }
+        Proxy { auth, client, origin, policy, request_timeout, in_flight: Arc::default() }
     }
 
     /// Answers one client request; every failure becomes a JSON error.
     pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
-        let _in_flight = InFlight::start(&self.in_flight);
+        let in_flight = InFlight::start(&self.in_flight);
         let method = MethodLabel::of(request.method());
         let request_id = request_id(request.headers());
         // A cheap clone (shared bytes), kept for the access log.
@@ -89,7 +90,7 @@ impl Proxy {
             Ok(Forwarded { mut response, replayed }) => {
                 let status = response.status();
                 headers::to_client(response.headers_mut());
-                (response.map(Either::Left), Some(status), replayed)
+                (response.map(|body| Either::Left(Streamed::new(body, in_flight))), Some(status), replayed)
             }
             Err(error) => (error.into_response(), None, false),
         };
@@ -193,7 +194,7 @@ impl Proxy {
         }
     }
 
-    /// Requests being answered right now.
+    /// Requests being answered right now, response bodies still streaming included.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
@@ -217,7 +218,6 @@ impl Policy {
         if head_size(request) > self.max_head {
             return Err(ProxyError::HeadTooLarge);
         }
-        check_framing(request.headers())?;
         match self.paths.check(request.uri().path()) {
             Ok(()) => Ok(()),
             Err(Refusal::Sessions) => Err(ProxyError::Forbidden(
@@ -226,23 +226,6 @@ impl Policy {
             Err(Refusal::NotAllowed) => Err(ProxyError::Forbidden("path not allowed by proxy.allow_paths")),
         }
     }
-}
-
-/// RFC 9112 §6.3: a message with both `Transfer-Encoding` and
-/// `Content-Length` "ought to be handled as an error", and differing
-/// `Content-Length` values are unrecoverable; forwarding either could let a
-/// request be read two ways (request smuggling).
-fn check_framing(headers: &HeaderMap) -> Result<(), ProxyError> {
-    if headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH) {
-        return Err(ProxyError::BadRequest("both Transfer-Encoding and Content-Length: ambiguous framing"));
-    }
-    let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
-    if let Some(first) = lengths.next() {
-        if lengths.any(|other| other != first) {
-            return Err(ProxyError::BadRequest("conflicting Content-Length values"));
-        }
-    }
-    Ok(())
 }
 
 /// The size of the request head as received (request line and fields).
@@ -280,21 +263,6 @@ fn clone_parts(parts: &Parts) -> Parts {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ambiguous_framing_is_refused() {
-        let mut h = HeaderMap::new();
-        h.insert(CONTENT_LENGTH, HeaderValue::from_static("5"));
-        assert!(check_framing(&h).is_ok());
-        h.append(CONTENT_LENGTH, HeaderValue::from_static("5"));
-        assert!(check_framing(&h).is_ok());
-        h.append(CONTENT_LENGTH, HeaderValue::from_static("6"));
-        assert!(check_framing(&h).is_err());
-        let mut h = HeaderMap::new();
-        h.insert(CONTENT_LENGTH, HeaderValue::from_static("5"));
-        h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-        assert!(check_framing(&h).is_err());
-    }
 
     #[test]
     fn request_ids_are_kept_or_generated() {

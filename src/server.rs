@@ -1,11 +1,12 @@
 //! The accept loop shared by the proxy and admin listeners: HTTP/1.1 with
 //! keep-alive, a bound on concurrent connections, bounded request heads, and
-//! graceful shutdown through hyper-util's `GracefulShutdown`.
+//! a graceful drain.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -13,12 +14,12 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::error::ProxyBody;
+use crate::body::ProxyBody;
 
 /// Per-listener connection settings.
 #[derive(Clone, Copy, Debug)]
@@ -28,27 +29,39 @@ pub struct Limits {
     /// hyper's read buffer: a head that does not fit is answered 431 by hyper.
     pub max_buf_size: usize,
     /// A client must send its whole request head within this time
-    /// (slow-loris protection).
+    /// (slow-loris protection); hyper also closes a keep-alive connection
+    /// that stays idle this long.
     pub header_read_timeout: Duration,
 }
 
+/// How a listener's connections end.
+#[derive(Clone, Default)]
+pub struct Drain {
+    /// Fired at shutdown: each connection finishes its current exchange, then closes.
+    pub signal: CancellationToken,
+    /// Every connection task, so the caller can wait for all of them.
+    pub tasks: TaskTracker,
+}
+
 /// Serves `listener` until `stop` fires, then drops it so new connections are
-/// refused. Connections already accepted are left to `graceful`.
-pub async fn serve<H, F>(
-    listener: TcpListener,
-    handler: H,
-    limits: Limits,
-    stop: CancellationToken,
-    graceful: Arc<GracefulShutdown>,
-) where
+/// refused. Connections already accepted end through `drain`.
+pub async fn serve<H, F>(listener: TcpListener, handler: H, limits: Limits, stop: CancellationToken, drain: Drain)
+where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
 {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    // Signalled when every slot is taken: keep-alive connections then close
+    // after their current exchange, so a client that pools more connections
+    // than the limit cannot keep waiting ones out until they time out idle
+    // (nginx reclaims idle keep-alive connections the same way).
+    // A watch, not a Notify: a connection subscribed at accept time sees a
+    // later signal even if its task had not run yet when it was sent.
+    let pressure = watch::Sender::new(());
     let mut accept_errors = 0u32;
     loop {
         let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            permit = slot(&permits, &pressure) => permit,
             () = stop.cancelled() => break,
         };
         let (stream, peer) = tokio::select! {
@@ -58,23 +71,83 @@ pub async fn serve<H, F>(
             },
             () = stop.cancelled() => break,
         };
-        let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let service = service_fn(move |request| handler(request, peer));
-        let connection = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .max_buf_size(limits.max_buf_size)
-            .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%peer, error = %error, "client connection ended with an error");
-            }
+        let signals = Signals { drain: drain.signal.clone(), pressure: pressure.subscribe() };
+        let connection = serve_connection(stream, peer, handler.clone(), limits, signals);
+        drain.tasks.spawn(async move {
+            connection.await;
             drop(permit);
         });
     }
+}
+
+/// How often a full listener asks again for keep-alive connections to close:
+/// a connection accepted but not yet served is spared the first time.
+const PRESSURE_REPEAT: Duration = Duration::from_millis(50);
+
+/// A connection slot; while none is free, asks keep-alive connections to close.
+async fn slot(permits: &Arc<Semaphore>, pressure: &watch::Sender<()>) -> OwnedSemaphorePermit {
+    loop {
+        if let Ok(permit) = permits.clone().try_acquire_owned() {
+            return permit;
+        }
+        pressure.send_replace(());
+        if let Ok(permit) = tokio::time::timeout(PRESSURE_REPEAT, permits.clone().acquire_owned()).await {
+            return permit.expect("the semaphore is never closed");
+        }
+    }
+}
+
+/// Serves one client connection until it ends, closing it gracefully when
+/// `drain` or `pressure` fires.
+async fn serve_connection<H, F>(stream: TcpStream, peer: SocketAddr, handler: H, limits: Limits, mut signals: Signals)
+where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
+{
+    let _ = stream.set_nodelay(true);
+    // Set once the first request arrived: a connection is only closed under
+    // pressure after it served one, never before reading the request its
+    // client already sent.
+    let served = Arc::new(AtomicBool::new(false));
+    let service = service_fn({
+        let served = served.clone();
+        move |request| {
+            served.store(true, Ordering::Relaxed);
+            handler(request, peer)
+        }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_buf_size)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let mut closing = false;
+    let result = loop {
+        tokio::select! {
+            result = connection.as_mut() => break result,
+            () = signals.drain.cancelled(), if !closing => {
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = signals.pressure.changed(), if !closing => {
+                if served.load(Ordering::Relaxed) {
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%peer, error = %error, "client connection ended with an error");
+    }
+}
+
+/// What asks a connection to close once its current exchange is done.
+struct Signals {
+    drain: CancellationToken,
+    pressure: watch::Receiver<()>,
 }
 
 /// Accept errors such as EMFILE are not fatal: wait, so the loop does not

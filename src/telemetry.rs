@@ -3,8 +3,9 @@
 //! Metric labels are low-cardinality by construction: methods outside the
 //! standard set become `other`, and no path, user or request id is ever a label.
 
-use std::sync::{LazyLock, OnceLock};
+use std::io::IsTerminal;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{Method, StatusCode};
@@ -38,7 +39,8 @@ pub fn init_logging(log: &Log) -> Result<(), String> {
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
     let result = match log.format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
-        LogFormat::Text => builder.try_init(),
+        // Colours only for a person at a terminal, never into a log collector.
+        LogFormat::Text => builder.with_ansi(std::io::stdout().is_terminal()).try_init(),
     };
     result.map_err(|e| format!("cannot set up logging: {e}"))
 }
@@ -147,7 +149,9 @@ fn requests_counter(method: MethodLabel, status: StatusCode) -> Counter {
 pub fn record_request(method: MethodLabel, status: StatusCode, duration: Duration) {
     let metrics = &*REQUEST_METRICS;
     match (status.as_u16() as usize).checked_sub(100).filter(|i| *i < STATUSES) {
-        Some(i) => metrics.counts[method.0 * STATUSES + i].get_or_init(|| requests_counter(method, status)).increment(1),
+        Some(i) => {
+            metrics.counts[method.0 * STATUSES + i].get_or_init(|| requests_counter(method, status)).increment(1)
+        }
         None => requests_counter(method, status).increment(1),
     }
     metrics.durations[method.0]
@@ -187,20 +191,20 @@ pub fn record_ready(ready: bool) {
     gauge!(READY).set(if ready { 1.0 } else { 0.0 });
 }
 
-/// Counts a request in flight, in the gauge and in `counter`, for as long
-/// as the guard lives.
-pub struct InFlight<'a>(&'a AtomicUsize);
+/// Counts a request in flight, in the gauge and in a counter of the proxy's
+/// own (for the drain report), for as long as the guard lives.
+pub struct InFlight(Arc<AtomicUsize>);
 
-impl<'a> InFlight<'a> {
+impl InFlight {
     /// Counts one more request in flight.
-    pub fn start(counter: &'a AtomicUsize) -> InFlight<'a> {
+    pub fn start(counter: &Arc<AtomicUsize>) -> InFlight {
         counter.fetch_add(1, Ordering::Relaxed);
         in_flight_gauge().increment(1.0);
-        InFlight(counter)
+        InFlight(counter.clone())
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
         in_flight_gauge().decrement(1.0);

@@ -251,7 +251,10 @@ fn environment_proxy(proxy_env: &ProxyEnv, origin: &Origin) -> Option<(Uri, Opti
 
 /// The proxy `matcher` picks for `origin`, with its `user:password` (if the
 /// URL held one) turned into a `Proxy-Authorization` value.
-fn intercept(matcher: hyper_util::client::proxy::matcher::Builder, origin: &Origin) -> Option<(Uri, Option<HeaderValue>)> {
+fn intercept(
+    matcher: hyper_util::client::proxy::matcher::Builder,
+    origin: &Origin,
+) -> Option<(Uri, Option<HeaderValue>)> {
     let intercept = matcher.build().intercept(&origin.base())?;
     Some((intercept.uri().clone(), intercept.basic_auth().cloned()))
 }

@@ -27,6 +27,7 @@ pub enum Source {
 
 /// Lifetime of `token` as seen at `now` (wall clock, only used without `iat`).
 pub fn lifetime(token: &str, now: SystemTime, fallback: Duration) -> (Duration, Source) {
+    let fallback = fallback.min(MAX_LIFETIME);
     let Some(claims) = claims(token) else {
         return (fallback, Source::Fallback);
     };

@@ -74,7 +74,7 @@ impl Auth {
 
     /// Waits for a token newer than `generation`: the login a 401 triggered.
     pub async fn successor(&self, generation: u64) -> Option<Credential> {
-        self.cell.wait_newer(generation, self.login_timeout + self.first_token_wait).await
+        self.cell.wait_newer(generation, self.login_timeout.saturating_add(self.first_token_wait)).await
     }
 
     /// `Ok` while a usable token is held, else the reason.

@@ -60,7 +60,8 @@ pub fn schedule(lifetime: Duration, refresh_before: Duration, jitter: f64) -> Sc
     let guard = Duration::from_secs(1).min(lifetime / 2);
     let usable_for = lifetime - guard;
     let margin = refresh_before.min(usable_for / 2);
-    let early = (margin / 10).mul_f64(jitter.clamp(0.0, 1.0));
+    let jitter = if jitter.is_finite() { jitter.clamp(0.0, 1.0) } else { 0.0 };
+    let early = (margin / 10).mul_f64(jitter);
     Schedule { usable_for, renew_after: usable_for - margin - early }
 }
 

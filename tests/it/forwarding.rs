@@ -10,11 +10,11 @@ use http::{Method, Request};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::fake_truedat::{FakeTruedat, download_byte};
 use crate::support::proxy::{TestProxy, fake};
+use crate::support::raw::raw_exchange;
 
 const READY: Duration = Duration::from_secs(10);
 
@@ -237,40 +237,6 @@ async fn a_slow_truedat_is_a_504_after_request_timeout() {
     assert!(reply.json()["errors"]["detail"].as_str().unwrap().contains("request_timeout"));
     assert_eq!(proxy.get("/api/slow?ms=10").await.status, 200);
     proxy.stop().await;
-}
-
-/// Sends `head` on a fresh connection and reads until the server closes or
-/// 5 s pass.
-async fn raw_exchange(addr: std::net::SocketAddr, head: &[u8]) -> String {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(head).await.unwrap();
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 8192];
-    let read_all = async {
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    answer.extend_from_slice(&buf[..n]);
-                    if complete_response(&answer) {
-                        break;
-                    }
-                }
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(5), read_all).await;
-    String::from_utf8_lossy(&answer).into_owned()
-}
-
-/// Whether `bytes` hold a whole response with a Content-Length body.
-fn complete_response(bytes: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(bytes);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else { return false };
-    let length = head.lines().find_map(|l| {
-        l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0))
-    });
-    length.is_some_and(|len| body.len() >= len)
 }
 
 /// Fails if anything connects to `listener` within 300 ms.

@@ -5,6 +5,11 @@
 mod support;
 
 mod cli;
+mod egress;
 mod fake_truedat;
 mod forwarding;
 mod lifecycle;
+mod operations;
+mod policy;
+mod secrets;
+mod tls;

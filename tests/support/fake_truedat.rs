@@ -12,10 +12,15 @@
 //! - `sessions`: the allowlist and the tokens pointing into it
 //! - `state`: what the connection tasks share with the [`FakeTruedat`] handle
 //! - `body`, `query`: response shapes, streaming bodies, query parameters
+//! - `faults`, `conn`, `idle_close`: data-route faults ([`DataFault`]), connections ended
+//!   from a handler (reset or quiet close), keep-alive connections closed after each response
 
 mod auth;
 mod body;
+mod conn;
 mod data;
+mod faults;
+mod idle_close;
 mod query;
 mod router;
 mod server;
@@ -33,6 +38,9 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+// Not every test binary uses every fault.
+#[allow(unused_imports)]
+pub use faults::{DataFault, STALL_BODY_LEN, STALL_SENT_LEN};
 use state::State;
 
 /// How the fake starts; the run-time switches are methods of [`FakeTruedat`].
@@ -215,6 +223,48 @@ impl FakeTruedat {
     /// Every request to a data route, refused ones included, in order of arrival.
     pub fn data_requests(&self) -> Vec<RecordedRequest> {
         self.state.data_requests()
+    }
+
+    /// Changes how data routes misbehave, including for requests parked by
+    /// [`DataFault::AcceptButNeverAnswer`] and bodies stalled by [`DataFault::StallMidBody`].
+    ///
+    /// # Panics
+    /// On `DataFault::ResetShare` with a share outside 0.0–1.0.
+    pub fn set_data_fault(&self, fault: DataFault) {
+        if let DataFault::ResetShare(share) = fault {
+            assert!((0.0..=1.0).contains(&share), "DataFault::ResetShare({share}) is not a share");
+        }
+        self.state.faults.set_data_fault(fault);
+    }
+
+    /// The `X-Request-Id` of every data request answered with a connection reset
+    /// ([`DataFault::ResetShare`]), in order; `-` for a request without one.
+    pub fn reset_request_ids(&self) -> Vec<String> {
+        self.state.faults.reset_request_ids()
+    }
+
+    /// `Some(d)`: close every connection `d` after a response is complete, unless a new
+    /// request started on it meanwhile, without announcing it (no `Connection: close`), like
+    /// a server with a very short keep-alive timeout. `None` (the default): keep-alive.
+    pub fn set_idle_close(&self, after: Option<Duration>) {
+        self.state.faults.set_idle_close(after);
+    }
+
+    /// `true`: close every connection, without answering, when a second request arrives on
+    /// it, on any route. This is what a client sees when a server's keep-alive timeout fires
+    /// just as its next request is on the wire: the race [`set_idle_close`] provokes now and
+    /// then, every time. Default: `false`.
+    ///
+    /// [`set_idle_close`]: FakeTruedat::set_idle_close
+    pub fn set_close_reused(&self, close: bool) {
+        self.state.faults.set_close_reused(close);
+    }
+
+    /// Whether data requests are recorded for [`data_requests`](FakeTruedat::data_requests)
+    /// (default: yes). A soak turns it off: millions of recorded requests would grow the
+    /// test process by gigabytes.
+    pub fn set_record_data(&self, record: bool) {
+        self.state.faults.set_record_data(record);
     }
 
     /// True as soon as `logins() >= n`; false if that takes longer than `timeout`.

@@ -142,6 +142,14 @@ impl BinaryProxy {
         BinaryProxy { child, proxy: addr("proxy"), admin: addr("admin"), output, _config: config }
     }
 
+    /// The process id, for reading `/proc/PID/status` and `/proc/PID/fd`.
+    ///
+    /// # Panics
+    /// Once the process has been waited for.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the process is running")
+    }
+
     /// Sends `signal` (such as `"TERM"`) to the process.
     pub fn signal(&self, signal: &str) {
         let pid = self.child.id().expect("the process is running").to_string();

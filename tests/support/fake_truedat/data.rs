@@ -12,6 +12,8 @@ use hyper::body::Incoming;
 
 use super::auth::bearer_token;
 use super::body::{self, BodySummary, Reply};
+use super::conn::ConnHandle;
+use super::faults::Verdict;
 use super::sessions::{ACCESS_AUDIENCE, ISSUER};
 use super::state::State;
 use super::{RecordedRequest, now_secs, query};
@@ -27,7 +29,8 @@ const HOP_HEADERS: &[(&str, &str)] =
     &[("connection", "x-custom-hop"), ("x-custom-hop", "1"), ("keep-alive", "timeout=5"), ("x-end-to-end", "1")];
 
 /// Any `/api/` route that td-auth does not own. The body is read (hashed, kept only if
-/// small) and the request recorded before authentication, so tests also see refused ones.
+/// small) and the request recorded before authentication, so tests also see refused ones;
+/// then a [`DataFault`](super::DataFault), if one is set, has its way.
 pub(super) async fn handle(state: &State, request: Request<Incoming>) -> Reply {
     let (parts, body) = request.into_parts();
     let summary = body::consume(body).await;
@@ -35,6 +38,9 @@ pub(super) async fn handle(state: &State, request: Request<Incoming>) -> Reply {
     state.record_data(RecordedRequest::new(&parts, recorded_body));
     if !summary.complete {
         return bad_request();
+    }
+    if let Verdict::Answer(reply) = state.faults.apply(&parts.headers, parts.extensions.get::<ConnHandle>()).await {
+        return reply;
     }
     if let Err(message) = authenticate(state, &parts.headers, now_secs()) {
         return body::auth_error(message);

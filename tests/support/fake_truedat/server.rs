@@ -16,8 +16,9 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::router;
+use super::conn::ConnHandle;
 use super::state::State;
+use super::{idle_close, router};
 
 /// Pending connections the kernel queues for us.
 const BACKLOG: u32 = 1024;
@@ -66,23 +67,50 @@ async fn serve_connection(stream: TcpStream, tls: Option<TlsAcceptor>, state: Ar
     // Small request/response exchanges would otherwise wait on Nagle + delayed ACKs.
     // Failing to set it only costs latency.
     let _ = stream.set_nodelay(true);
-    match tls {
-        None => serve_http(TokioIo::new(stream), state, stop).await,
-        Some(acceptor) => {
-            // A failed handshake (a client that distrusts our CA, say) has nobody to answer.
-            if let Ok(stream) = acceptor.accept(stream).await {
-                serve_http(TokioIo::new(stream), state, stop).await;
+    // A socket that cannot be duplicated (out of descriptors) has nobody to answer.
+    let Ok((stream, conn)) = ConnHandle::new(stream) else {
+        return;
+    };
+    let serve = async {
+        match tls {
+            None => serve_http(TokioIo::new(stream), state, stop, conn.clone()).await,
+            Some(acceptor) => {
+                // A failed handshake (a client that distrusts our CA, say) has nobody to answer.
+                if let Ok(stream) = acceptor.accept(stream).await {
+                    serve_http(TokioIo::new(stream), state, stop, conn.clone()).await;
+                }
             }
         }
+    };
+    // A fault (see `faults`, `idle_close`) ends the connection by dropping it here.
+    tokio::select! {
+        () = serve => {}
+        () = conn.ended() => {}
     }
+    conn.release();
 }
 
 /// HTTP/1.1 or HTTP/2, whichever the client speaks (ALPN or prior knowledge).
-async fn serve_http<I>(io: I, state: Arc<State>, stop: CancellationToken)
+async fn serve_http<I>(io: I, state: Arc<State>, stop: CancellationToken, conn: ConnHandle)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let service = service_fn(move |request| router::handle(Arc::clone(&state), request));
+    let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        conn.request_started();
+        request.extensions_mut().insert(conn.clone());
+        let (state, conn) = (Arc::clone(&state), conn.clone());
+        async move {
+            if idle_close::close_if_reused(&conn, state.faults.close_reused()) {
+                // The accept loop drops this request with its connection.
+                std::future::pending::<()>().await;
+            }
+            let reply = router::handle(Arc::clone(&state), request).await?;
+            Ok::<_, std::convert::Infallible>(match state.faults.idle_close() {
+                Some(after) => idle_close::close_after(reply, &conn, after),
+                None => reply,
+            })
+        }
+    });
     let builder = auto::Builder::new(StopExecutor { stop });
     // Errors are clients going away mid-exchange, which proxy tests do on purpose.
     let _ = builder.serve_connection(io, service).await;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::faults::Faults;
 use super::sessions::SessionStore;
 use super::{FakeConfig, LoginMode, RecordedRequest, lock};
 
@@ -20,6 +21,8 @@ pub(super) struct State {
     /// Answer like servers before 4.48: refresh token in the body, no cookie.
     pub(super) legacy_refresh_in_body: bool,
     pub(super) sessions: SessionStore,
+    /// Faults of the data routes and the switches of long runs.
+    pub(super) faults: Faults,
     /// Changed by tests while requests are in flight (password rotation, short tokens).
     settings: Mutex<Settings>,
     /// A `watch` so that logins parked by [`LoginMode::Hang`] wake when the mode changes.
@@ -45,6 +48,7 @@ impl State {
             refresh_ttl: config.refresh_ttl,
             legacy_refresh_in_body: config.legacy_refresh_in_body,
             sessions: SessionStore::new(),
+            faults: Faults::new(),
             settings: Mutex::new(Settings { password: config.password, token_ttl: config.token_ttl }),
             login_mode: watch::Sender::new(LoginMode::Normal),
             logins: watch::Sender::new(0),
@@ -131,6 +135,9 @@ impl State {
     }
 
     pub(super) fn record_data(&self, request: RecordedRequest) {
+        if !self.faults.record_data() {
+            return;
+        }
         lock(&self.data_requests).push(request);
     }
 
