@@ -11,5 +11,6 @@ mod forwarding;
 mod lifecycle;
 mod operations;
 mod policy;
+mod refresh;
 mod secrets;
 mod tls;
