@@ -56,6 +56,7 @@ pub struct Config {
     pub proxy: ProxySettings,
     pub shutdown: ShutdownSettings,
     pub log: Log,
+    pub runtime: Runtime,
     /// `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`, read with the rest of the
     /// environment; used only when `upstream.egress_proxy` is unset.
     #[serde(skip)]
@@ -257,6 +258,23 @@ impl Default for Log {
     }
 }
 
+/// The async runtime's threads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Runtime {
+    /// 1 (the default): everything on one thread, which costs the least CPU
+    /// per request and memory for a sidecar under a small CPU limit. More
+    /// lets a proxy with more than one CPU to spend serve more requests at
+    /// once.
+    pub worker_threads: usize,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime { worker_threads: 1 }
+    }
+}
+
 /// JSON lines for machines, text for people.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -299,6 +317,9 @@ impl Config {
         self.validate_credentials(&mut problems);
         self.validate_token(&mut problems);
         self.validate_proxy(&mut problems);
+        if !(1..=64).contains(&self.runtime.worker_threads) {
+            problems.push("runtime.worker_threads: must be between 1 and 64".to_owned());
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(format!("log.level: {e}"));
         }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use truedat_auth_proxy::app::{App, Outcome};
+use truedat_auth_proxy::app::{App, Outcome, StartError};
 use truedat_auth_proxy::config::Config;
 use truedat_auth_proxy::{telemetry, upstream};
 
@@ -42,13 +42,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_INVALID);
         }
     };
-    // TLS material and the egress proxy are part of the configuration: a bad
-    // file is reported like a bad key, before anything binds (no network).
-    if let Err(e) = upstream::build(&config.upstream, &config.proxy_env, &config.origin()) {
-        eprintln!("invalid configuration: {e}");
-        return ExitCode::from(EXIT_INVALID);
-    }
     if cli.check_config {
+        // TLS material and the egress proxy are part of the configuration: a
+        // bad file is reported like a bad key (no network is used).
+        if let Err(e) = upstream::build(&config.upstream, &config.proxy_env, &config.origin()) {
+            eprintln!("invalid configuration: {e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
         print!("{}", config.to_redacted_toml());
         return ExitCode::SUCCESS;
     }
@@ -56,16 +56,30 @@ fn main() -> ExitCode {
         eprintln!("truedat-auth-proxy: {e}");
         return ExitCode::from(EXIT_INVALID);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match runtime(config.runtime.worker_threads) {
         Ok(runtime) => runtime,
         Err(e) => return fatal(&format!("cannot start the async runtime: {e}")),
     };
     runtime.block_on(run(config))
 }
 
+/// One thread by default (see `runtime.worker_threads` in the README's
+/// Performance section for the measurements behind it).
+fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(worker_threads).enable_all().build()
+    }
+}
+
 async fn run(config: Config) -> ExitCode {
     let app = match App::build(config).await {
         Ok(app) => app,
+        Err(StartError::Upstream(e)) => {
+            eprintln!("invalid configuration: {e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
         Err(e) => return fatal(&e.to_string()),
     };
     let shutdown = CancellationToken::new();

@@ -72,7 +72,7 @@ impl FailureKind {
 
 /// Builds the pooled client for `origin` from the `[upstream]` settings.
 pub fn build(settings: &Upstream, proxy_env: &ProxyEnv, origin: &Origin) -> Result<HttpClient, BuildError> {
-    let tls = tls_config(settings)?;
+    let tls = tls_config(settings, origin.is_https())?;
     let dial = Dial::new(settings, proxy_env, origin)?;
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
@@ -142,12 +142,14 @@ pub fn parse_egress_proxy(value: &str) -> Result<Uri, String> {
     Ok(uri)
 }
 
-fn tls_config(settings: &Upstream) -> Result<rustls::ClientConfig, BuildError> {
+/// The TLS client configuration. For a plain-http upstream no handshake ever
+/// happens, so the system roots (hundreds of files) are not even read.
+fn tls_config(settings: &Upstream, https: bool) -> Result<rustls::ClientConfig, BuildError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
-        .with_root_certificates(roots(settings.ca_file.as_deref())?);
+        .with_root_certificates(roots(settings.ca_file.as_deref(), https)?);
     match (&settings.client_cert_file, &settings.client_key_file) {
         (Some(cert), Some(key)) => {
             let chain = read_certs("upstream.client_cert_file", cert)?;
@@ -158,13 +160,11 @@ fn tls_config(settings: &Upstream) -> Result<rustls::ClientConfig, BuildError> {
     }
 }
 
-fn roots(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, BuildError> {
+/// `upstream.ca_file` (always checked, so a bad file is reported whatever the
+/// scheme) plus, when `system` is set, the system's roots.
+fn roots(ca_file: Option<&Path>, system: bool) -> Result<rustls::RootCertStore, BuildError> {
     let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for error in &native.errors {
-        tracing::warn!(error = %error, "could not load some system CA certificates");
-    }
-    let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+    let added = if system { add_system_roots(&mut roots) } else { usize::MAX };
     if let Some(path) = ca_file {
         for cert in read_certs("upstream.ca_file", path)? {
             roots.add(cert).map_err(|_| BuildError::Pem {
@@ -177,6 +177,14 @@ fn roots(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, BuildError> {
         return Err(BuildError::NoRoots);
     }
     Ok(roots)
+}
+
+fn add_system_roots(roots: &mut rustls::RootCertStore) -> usize {
+    let native = rustls_native_certs::load_native_certs();
+    for error in &native.errors {
+        tracing::warn!(error = %error, "could not load some system CA certificates");
+    }
+    roots.add_parsable_certificates(native.certs).0
 }
 
 fn read_pem(key: &'static str, path: &Path) -> Result<Vec<u8>, BuildError> {
