@@ -14,3 +14,4 @@ mod policy;
 mod refresh;
 mod secrets;
 mod tls;
+mod deploy;
