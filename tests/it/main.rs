@@ -5,6 +5,7 @@
 mod support;
 
 mod cli;
+mod deploy;
 mod egress;
 mod fake_truedat;
 mod forwarding;
@@ -14,4 +15,3 @@ mod policy;
 mod refresh;
 mod secrets;
 mod tls;
-mod deploy;
