@@ -22,8 +22,6 @@ use crate::upstream;
 
 /// hyper's smallest allowed read buffer.
 const MIN_BUF_SIZE: usize = 8192;
-/// Time a client has to send a whole request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often histogram and idle-metric upkeep runs (the exporter has no
 /// task of its own when rendered on our route).
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
@@ -129,7 +127,8 @@ impl App {
             // Heads up to the limit reach our handler, which answers 431 in
             // JSON; only far larger ones are cut by hyper itself.
             max_buf_size: (max_head * 2).max(MIN_BUF_SIZE),
-            header_read_timeout: HEADER_READ_TIMEOUT,
+            header_read_timeout: self.config.listen.header_read_timeout.0,
+            send_timeout: self.config.listen.send_timeout.0,
         };
         let handler = move |request, _peer| proxy.clone().handle(request);
         tokio::spawn(server::serve(listener, handler, limits, stop, drain))
@@ -146,6 +145,7 @@ impl App {
             max_connections: 64,
             max_buf_size: MIN_BUF_SIZE * 2,
             header_read_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(10),
         };
         let handler = move |request, peer| admin.clone().handle(request, peer);
         // The admin port answers until the process exits: its connections are not drained.

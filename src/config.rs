@@ -95,11 +95,23 @@ pub struct Listen {
     pub allow_non_loopback: bool,
     /// Connections beyond this wait in the kernel's accept backlog.
     pub max_connections: usize,
+    /// A client must send a whole request head within this; hyper also
+    /// closes a keep-alive connection idle this long.
+    pub header_read_timeout: Dur,
+    /// A client that accepts no response data for this long is cut, so a
+    /// tool that stopped reading cannot hold connections forever.
+    pub send_timeout: Dur,
 }
 
 impl Default for Listen {
     fn default() -> Self {
-        Listen { address: SocketAddr::from(([127, 0, 0, 1], 8080)), allow_non_loopback: false, max_connections: 1024 }
+        Listen {
+            address: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            allow_non_loopback: false,
+            max_connections: 1024,
+            header_read_timeout: Dur::secs(30),
+            send_timeout: Dur::secs(60),
+        }
     }
 }
 
@@ -349,6 +361,8 @@ impl Config {
         if listen.max_connections == 0 {
             problems.push("listen.max_connections: must be at least 1".to_owned());
         }
+        require_positive(problems, "listen.header_read_timeout", listen.header_read_timeout);
+        require_positive(problems, "listen.send_timeout", listen.send_timeout);
         if listen.address == self.admin.address && listen.address.port() != 0 {
             problems.push(format!("admin.address: {} is also listen.address", self.admin.address));
         }

@@ -24,7 +24,7 @@ use crate::origin::Origin;
 use crate::paths::{PathPolicy, Refusal};
 use crate::replay::{self, Kept, UpstreamBody};
 use crate::telemetry::{self, InFlight, MethodLabel};
-use crate::upstream::{self, HttpClient};
+use crate::upstream::{self, FailureKind, HttpClient};
 
 /// How long to wait, after a 401, for hyper to hand back the first attempt's
 /// body. It is handed back as soon as hyper drops it, normally at once.
@@ -90,7 +90,11 @@ impl Proxy {
             Ok(Forwarded { mut response, replayed }) => {
                 let status = response.status();
                 headers::to_client(response.headers_mut());
-                (response.map(|body| Either::Left(Streamed::new(body, in_flight))), Some(status), replayed)
+                (
+                    response.map(|body| Either::Left(Streamed::new(body, self.request_timeout, in_flight))),
+                    Some(status),
+                    replayed,
+                )
             }
             Err(error) => (error.into_response(), None, false),
         };
@@ -122,7 +126,17 @@ impl Proxy {
         let declared_len = content_length(&parts.headers);
         let (body, kept) = self.first_body(body);
         let replay_parts = clone_parts(&parts);
-        let response = self.send(parts, body, &credential).await?;
+        let response = match self.send(parts, body, &credential).await {
+            // A pooled connection Truedat had already closed: RFC 9110 §9.2.2
+            // lets an idempotent request without a body be sent again.
+            Err(ProxyError::Upstream(FailureKind::Protocol))
+                if kept.is_none() && is_idempotent(&replay_parts.method) =>
+            {
+                tracing::debug!("connection to Truedat broke before an answer; retrying the idempotent request once");
+                self.send(clone_parts(&replay_parts), UpstreamBody::Empty, &credential).await?
+            }
+            result => result?,
+        };
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(Forwarded { response, replayed: false });
         }
@@ -226,6 +240,11 @@ impl Policy {
             Err(Refusal::NotAllowed) => Err(ProxyError::Forbidden("path not allowed by proxy.allow_paths")),
         }
     }
+}
+
+/// RFC 9110 §9.2.2: methods whose repetition has the effect of one request.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
 }
 
 /// The size of the request head as received (request line and fields).

@@ -16,6 +16,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio_io_timeout::TimeoutStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -32,6 +33,9 @@ pub struct Limits {
     /// (slow-loris protection); hyper also closes a keep-alive connection
     /// that stays idle this long.
     pub header_read_timeout: Duration,
+    /// A write to the client that makes no progress for this long fails,
+    /// which ends the connection.
+    pub send_timeout: Duration,
 }
 
 /// How a listener's connections end.
@@ -105,6 +109,8 @@ where
     F: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
 {
     let _ = stream.set_nodelay(true);
+    let mut stream = TimeoutStream::new(stream);
+    stream.set_write_timeout(Some(limits.send_timeout));
     // Set once the first request arrived: a connection is only closed under
     // pressure after it served one, never before reading the request its
     // client already sent.
@@ -121,7 +127,7 @@ where
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_buf_size)
         .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service);
+        .serve_connection(TokioIo::new(Box::pin(stream)), service);
     tokio::pin!(connection);
     let mut closing = false;
     let result = loop {

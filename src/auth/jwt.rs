@@ -3,7 +3,9 @@
 //!
 //! SPEC §3.2: `exp - iat` when both are present, counted from the moment the
 //! token arrived, so a pod whose clock is off does not matter; else
-//! `exp - now`; else the configured fallback.
+//! `exp - now`; else the configured fallback. Whole-second claims lose up to
+//! a second to truncation, which is taken off so that the estimate is never
+//! later than the real expiry.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -34,7 +36,9 @@ pub fn lifetime(token: &str, now: SystemTime, fallback: Duration) -> (Duration, 
     let exp = claims.get("exp").and_then(seconds);
     let iat = claims.get("iat").and_then(seconds);
     match (exp, iat) {
-        (Some(exp), Some(iat)) if exp > iat => (clamp(exp - iat), Source::IssuedAt),
+        // Truedat writes whole seconds: a token issued at 12.9 s says iat = 12,
+        // so up to one second of `exp - iat` was gone before it was issued.
+        (Some(exp), Some(iat)) if exp > iat + 1.0 => (clamp(exp - iat - rounding(iat)), Source::IssuedAt),
         (Some(exp), _) => {
             let now = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
             if exp > now { (clamp(exp - now), Source::Expiry) } else { (fallback, Source::Fallback) }
@@ -62,6 +66,11 @@ fn seconds(value: &serde_json::Value) -> Option<f64> {
     value.as_f64().filter(|s| s.is_finite() && *s >= 0.0)
 }
 
+/// What truncating the issue time to `iat` may have hidden.
+fn rounding(iat: f64) -> f64 {
+    if iat.fract() == 0.0 { 1.0 } else { 0.0 }
+}
+
 fn clamp(seconds: f64) -> Duration {
     Duration::try_from_secs_f64(seconds).map_or(MAX_LIFETIME, |d| d.min(MAX_LIFETIME))
 }
@@ -84,7 +93,7 @@ mod tests {
     fn exp_minus_iat_ignores_the_local_clock() {
         let token = jwt(r#"{"iat":1000,"exp":1600,"nbf":1000}"#);
         for now in [at(0), at(1000), at(5_000_000)] {
-            assert_eq!(lifetime(&token, now, FALLBACK), (Duration::from_secs(600), Source::IssuedAt));
+            assert_eq!(lifetime(&token, now, FALLBACK), (Duration::from_secs(599), Source::IssuedAt));
         }
     }
 
@@ -123,5 +132,8 @@ mod tests {
         assert_eq!(lifetime(&token, at(0), FALLBACK).0, MAX_LIFETIME);
         let token = jwt(r#"{"iat":10.5,"exp":12}"#);
         assert_eq!(lifetime(&token, at(0), FALLBACK).0, Duration::from_millis(1500));
+        // One second of life, all of which truncation may have eaten: no usable lifetime.
+        let token = jwt(r#"{"iat":10,"exp":11}"#);
+        assert_eq!(lifetime(&token, at(0), FALLBACK).1, Source::Expiry);
     }
 }

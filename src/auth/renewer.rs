@@ -51,13 +51,16 @@ pub struct Schedule {
     pub renew_after: Duration,
 }
 
+/// Time kept in hand for a request to reach Truedat before the token expires.
+const TRAVEL: Duration = Duration::from_millis(500);
+
 /// Plans a token's life (SPEC §3.3). The token is not sent during its last
-/// second (`iat`/`exp` are whole seconds and the request still has to travel),
+/// half second (the request still has to travel to Truedat),
 /// and is renewed `refresh_before` ahead of that, at most half-way through,
 /// a little earlier by a random `jitter` fraction (0..1) of up to a tenth of
 /// the margin, so that replicas do not log in in lockstep.
 pub fn schedule(lifetime: Duration, refresh_before: Duration, jitter: f64) -> Schedule {
-    let guard = Duration::from_secs(1).min(lifetime / 2);
+    let guard = TRAVEL.min(lifetime / 2);
     let usable_for = lifetime - guard;
     let margin = refresh_before.min(usable_for / 2);
     let jitter = if jitter.is_finite() { jitter.clamp(0.0, 1.0) } else { 0.0 };
@@ -91,7 +94,11 @@ impl Renewer {
                         reason = self.next_trigger(renew_at) => reason,
                         () = shutdown.cancelled() => return,
                     };
-                    if reason == Reason::Unauthorized {
+                    if reason == Reason::Expiry {
+                        // A token that lived to its renewal: whatever 401s came
+                        // before were about tokens, not a broken endpoint.
+                        rejections.reset();
+                    } else if reason == Reason::Unauthorized {
                         let pause = rejections.after_unauthorized(obtained.elapsed());
                         tokio::select! {
                             () = tokio::time::sleep(pause) => {}
@@ -205,6 +212,10 @@ impl Rejections {
         Rejections { backoff: Backoff::new(initial, max) }
     }
 
+    fn reset(&mut self) {
+        self.backoff.reset();
+    }
+
     /// How long to wait before logging in after a 401 on a token of `age`.
     fn after_unauthorized(&mut self, age: Duration) -> Duration {
         if age >= FRESH {
@@ -259,9 +270,9 @@ mod tests {
 
     #[test]
     fn default_ten_minute_token_renews_five_minutes_ahead() {
-        let plan = schedule(secs(600.0), secs(300.0), 0.0);
-        assert_eq!(plan.usable_for, secs(599.0));
-        assert_eq!(plan.renew_after, secs(299.5));
+        let plan = schedule(secs(599.0), secs(300.0), 0.0);
+        assert_eq!(plan.usable_for, secs(598.5));
+        assert_eq!(plan.renew_after, secs(299.25));
     }
 
     #[test]

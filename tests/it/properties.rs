@@ -1,0 +1,518 @@
+//! Property tests of the pure parts, through the library's public API: header
+//! hygiene, joining request targets onto the origin, JWT lifetime arithmetic,
+//! backoff bounds, renewal schedules, duration and size notation, and path
+//! normalisation with the path policy built on it.
+//!
+//! Each property states what must hold for every input, including hostile
+//! ones (a client controls headers and paths, Truedat controls tokens, an
+//! operator controls the configuration). A panic anywhere is a bug.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::header::{AUTHORIZATION, CONNECTION, COOKIE, HOST, HeaderName, SET_COOKIE};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderValue};
+use proptest::prelude::*;
+use proptest::test_runner::Config as ProptestConfig;
+use truedat_auth_proxy::auth::backoff::Backoff;
+use truedat_auth_proxy::auth::jwt::{self, MAX_LIFETIME};
+use truedat_auth_proxy::auth::renewer::schedule;
+use truedat_auth_proxy::config::Config;
+use truedat_auth_proxy::headers::{REFRESH_COOKIE, strip_hop_by_hop, to_client, to_upstream};
+use truedat_auth_proxy::origin::Origin;
+use truedat_auth_proxy::paths::{PathPolicy, Refusal, normalize};
+use truedat_auth_proxy::units::{Dur, Size};
+
+/// 512 cases a property, and no regression files written into the source
+/// tree: a failure prints its minimal input, which belongs in a unit test.
+fn config() -> ProptestConfig {
+    ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() }
+}
+
+/// RFC 9110 §7.6.1 and RFC 9112: the fields that describe one connection.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+// ---------------------------------------------------------------------------
+// Generators
+
+/// Field names: the ones the rules are about, in any letter case, and others.
+fn header_name() -> impl Strategy<Value = HeaderName> {
+    let special = prop::sample::select(vec![
+        "connection",
+        "Keep-Alive",
+        "proxy-authorization",
+        "Proxy-Connection",
+        "TE",
+        "trailer",
+        "Transfer-Encoding",
+        "upgrade",
+        "authorization",
+        "Authorization",
+        "cookie",
+        "Cookie",
+        "set-cookie",
+        "host",
+        "x-request-id",
+        "x-custom-hop",
+        "accept",
+    ])
+    .prop_map(str::to_owned);
+    let any = "[a-zA-Z0-9!#$%&'*+.^_`|~-]{1,12}";
+    prop_oneof![3 => special, 1 => any].prop_map(|n| HeaderName::from_bytes(n.as_bytes()).expect("a token"))
+}
+
+/// Field values: lists of names (for `Connection`), cookie lists with and
+/// without `_td_refresh` in every spelling, and arbitrary legal bytes.
+fn header_value() -> impl Strategy<Value = HeaderValue> {
+    let names = prop::collection::vec(
+        prop::sample::select(vec!["close", "keep-alive", "x-custom-hop", "Authorization", "cookie", "te", "", " x "]),
+        0..4,
+    )
+    .prop_map(|names| names.join(","));
+    let pair = prop_oneof![
+        Just("_td_refresh=rt".to_owned()),
+        Just(" _TD_REFRESH = rt".to_owned()),
+        Just("_td_refresh".to_owned()),
+        Just("_td_refresh_other=1".to_owned()),
+        Just("x=_td_refresh".to_owned()),
+        "[a-z]{1,5}=[a-z0-9]{0,5}",
+        "[ -:<-~]{0,8}",
+    ];
+    let cookies = prop::collection::vec(pair, 0..5).prop_map(|pairs| pairs.join(";"));
+    let bytes = prop::collection::vec(prop_oneof![Just(b'\t'), 0x20u8..0x7f, 0x80u8..=0xff], 0..24);
+    prop_oneof![names.prop_map(|v| v.into_bytes()), cookies.prop_map(|v| v.into_bytes()), bytes]
+        .prop_map(|v| HeaderValue::from_bytes(&v).expect("legal field-value bytes"))
+}
+
+fn header_map() -> impl Strategy<Value = HeaderMap> {
+    prop::collection::vec((header_name(), header_value()), 0..16).prop_map(|fields| {
+        let mut map = HeaderMap::new();
+        for (name, value) in fields {
+            map.append(name, value);
+        }
+        map
+    })
+}
+
+/// Path segments chosen to attack prefix rules: dot segments, encoded dots
+/// and slashes, double encodings, the sessions route in other spellings.
+fn path() -> impl Strategy<Value = String> {
+    let segment = prop_oneof![
+        prop::sample::select(vec![
+            "api",
+            "sessions",
+            "SESSIONS",
+            "%73essions",
+            "x",
+            "allowed",
+            "..",
+            ".",
+            "",
+            "%2e",
+            "%2E%2e",
+            "%2e%2e%2f",
+            "%2f",
+            "%2F",
+            "%252e%252e",
+            "%25",
+            "%",
+            "%zz",
+            "a%2Fb",
+            "é",
+            "%c3",
+            "%ff",
+            ".well-known",
+            "...",
+        ])
+        .prop_map(str::to_owned),
+        "[a-z0-9._~%-]{1,6}",
+    ];
+    (any::<bool>(), prop::collection::vec(segment, 0..8), any::<bool>()).prop_map(|(lead, segments, trail)| {
+        let mut path = if lead { "/".to_owned() } else { String::new() };
+        path.push_str(&segments.join("/"));
+        if trail {
+            path.push('/');
+        }
+        path
+    })
+}
+
+/// The name of a cookie pair or `Set-Cookie` value as the proxy reads it:
+/// up to the first `=` or `;`, surrounding whitespace ignored.
+fn cookie_name(pair: &[u8]) -> Vec<u8> {
+    let end = pair.iter().position(|b| *b == b'=' || *b == b';').unwrap_or(pair.len());
+    pair[..end].trim_ascii().to_ascii_lowercase()
+}
+
+fn is_refresh(pair: &[u8]) -> bool {
+    cookie_name(pair) == REFRESH_COOKIE.as_bytes()
+}
+
+/// The non-empty pairs of every `Cookie` header that are not `_td_refresh`.
+fn other_cookie_pairs(headers: &HeaderMap) -> Vec<Vec<u8>> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';').map(|p| p.trim_ascii().to_vec()).collect::<Vec<_>>())
+        .filter(|p| !p.is_empty() && !is_refresh(p))
+        .collect()
+}
+
+/// Names listed in `Connection`, as the proxy reads them.
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect()
+}
+
+fn jwt(claims: &serde_json::Value) -> String {
+    format!("eyJhbGciOiJIUzUxMiJ9.{}.c2ln", URL_SAFE_NO_PAD.encode(claims.to_string()))
+}
+
+/// Claims values as servers (and broken servers) write them.
+fn claim() -> impl Strategy<Value = serde_json::Value> {
+    prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<u32>().prop_map(|n| serde_json::json!(n)),
+        any::<u64>().prop_map(|n| serde_json::json!(n)),
+        any::<i64>().prop_map(|n| serde_json::json!(n)),
+        any::<f64>().prop_filter("JSON has no NaN or infinity", |f| f.is_finite()).prop_map(|f| serde_json::json!(f)),
+        Just(serde_json::json!(1e300)),
+        Just(serde_json::json!("1700000000")),
+        Just(serde_json::json!([1])),
+    ]
+}
+
+// ---------------------------------------------------------------------------
+// Header hygiene
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn towards_truedat_only_the_proxys_bearer_and_no_hop_by_hop_or_refresh_cookie(mut headers in header_map()) {
+        let before = headers.clone();
+        let named = connection_named(&before);
+        let bearer = HeaderValue::from_static("Bearer proxy-token");
+        to_upstream(&mut headers, bearer.clone());
+
+        let authorizations: Vec<_> = headers.get_all(AUTHORIZATION).iter().collect();
+        prop_assert_eq!(authorizations, vec![&bearer]);
+        prop_assert!(headers.get(HOST).is_none());
+        for name in HOP_BY_HOP.iter().map(|n| HeaderName::from_static(n)).chain(named.iter().cloned()) {
+            if name != AUTHORIZATION {
+                prop_assert!(!headers.contains_key(&name), "{} survived", name);
+            }
+        }
+        for value in headers.get_all(COOKIE) {
+            prop_assert!(!value.as_bytes().split(|b| *b == b';').any(is_refresh), "{:?}", value);
+        }
+        if named.contains(&COOKIE) {
+            prop_assert!(!headers.contains_key(COOKIE), "Connection named Cookie: it is hop-by-hop here");
+        } else {
+            prop_assert_eq!(other_cookie_pairs(&headers), other_cookie_pairs(&before), "other cookies are kept");
+        }
+        // Every end-to-end field passes untouched, values in order.
+        for name in before.keys() {
+            let special = [AUTHORIZATION, HOST, COOKIE].contains(name)
+                || HOP_BY_HOP.contains(&name.as_str())
+                || named.contains(name);
+            if !special {
+                prop_assert!(before.get_all(name).iter().eq(headers.get_all(name).iter()), "{} changed", name);
+            }
+        }
+    }
+
+    #[test]
+    fn towards_the_client_no_hop_by_hop_and_no_refresh_set_cookie(mut headers in header_map()) {
+        let before = headers.clone();
+        let named = connection_named(&before);
+        to_client(&mut headers);
+        for name in HOP_BY_HOP.iter().map(|n| HeaderName::from_static(n)).chain(named.iter().cloned()) {
+            prop_assert!(!headers.contains_key(&name), "{} survived", name);
+        }
+        for value in headers.get_all(SET_COOKIE) {
+            prop_assert!(!is_refresh(value.as_bytes()), "{:?} reached the client", value);
+        }
+        if !named.contains(&SET_COOKIE) {
+            let kept: Vec<_> = before.get_all(SET_COOKIE).iter().filter(|v| !is_refresh(v.as_bytes())).collect();
+            prop_assert!(kept.into_iter().eq(headers.get_all(SET_COOKIE).iter()), "other Set-Cookie values are kept");
+        }
+    }
+
+    #[test]
+    fn stripping_hop_by_hop_twice_changes_nothing_more(mut headers in header_map()) {
+        strip_hop_by_hop(&mut headers);
+        let once = headers.clone();
+        strip_hop_by_hop(&mut headers);
+        prop_assert_eq!(headers, once);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Joining request targets onto the origin
+
+fn base_url() -> impl Strategy<Value = (String, String)> {
+    let scheme = prop::sample::select(vec!["http", "https"]);
+    let host = prop::sample::select(vec!["td.example.com", "127.0.0.1:4000", "[::1]:8443", "localhost"]);
+    let prefix = prop::collection::vec("[a-z0-9._~%-]{1,6}", 0..3)
+        .prop_map(|s| if s.is_empty() { String::new() } else { format!("/{}", s.join("/")) });
+    (scheme, host, prefix, any::<bool>()).prop_map(|(scheme, host, prefix, slash)| {
+        (format!("{scheme}://{host}{prefix}{}", if slash { "/" } else { "" }), prefix)
+    })
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn joining_keeps_the_origin_and_the_target_bytes((base, prefix) in base_url(), target in "[!-~]{0,40}") {
+        let origin = Origin::parse(&base).expect("a valid base URL");
+        let Ok(target) = target.parse::<PathAndQuery>() else {
+            return Ok(()); // not a request target hyper could hand over
+        };
+        match origin.join(&target) {
+            Ok(uri) => {
+                let expected = Origin::parse(&base).expect("valid").base();
+                prop_assert_eq!(uri.scheme(), expected.scheme());
+                prop_assert_eq!(uri.authority(), expected.authority(), "the bearer must only go to the origin");
+                let sent = uri.path_and_query().map_or("", |p| p.as_str());
+                prop_assert!(sent.ends_with(target.as_str()), "{} does not end with {}", sent, target);
+                prop_assert!(sent.starts_with(&prefix), "{} is not under the base path {}", sent, prefix);
+                // A target of the proxy's clients starts with '/': it stays
+                // a whole path segment below the base path.
+                if target.as_str().starts_with('/') {
+                    prop_assert_eq!(sent, format!("{prefix}{target}"));
+                }
+            }
+            // Refused targets become 400 in the proxy.
+            Err(_) => prop_assert!(!target.as_str().starts_with('/'), "{} refused under {}", target, base),
+        }
+    }
+
+    #[test]
+    fn parsing_any_base_url_never_panics(url in "\\PC{0,40}") {
+        let _ = Origin::parse(&url);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// JWT lifetime, backoff, renewal schedule
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn any_token_gets_a_bounded_lifetime(token in "\\PC{0,200}", now_secs in 0u64..5_000_000_000, fallback_s in 1u64..366 * 86_400) {
+        let fallback = Duration::from_secs(fallback_s);
+        let (lifetime, _) = jwt::lifetime(&token, UNIX_EPOCH + Duration::from_secs(now_secs), fallback);
+        prop_assert!(lifetime <= MAX_LIFETIME);
+        if !token.contains('.') {
+            prop_assert_eq!(lifetime, fallback, "garbage falls back");
+        }
+    }
+
+    #[test]
+    fn any_claims_get_a_bounded_lifetime(exp in claim(), iat in claim(), other in any::<bool>(), now_secs in 0u64..5_000_000_000) {
+        let fallback = Duration::from_secs(900);
+        let mut claims = serde_json::json!({ "exp": exp, "iat": iat });
+        if other {
+            claims["sub"] = serde_json::json!("{\"id\":42}");
+        }
+        let now = UNIX_EPOCH + Duration::from_secs(now_secs);
+        let (lifetime, _) = jwt::lifetime(&jwt(&claims), now, fallback);
+        prop_assert!(lifetime <= MAX_LIFETIME);
+        let exp = claims["exp"].as_f64().filter(|e| e.is_finite() && *e >= 0.0);
+        let iat = claims["iat"].as_f64().filter(|i| i.is_finite() && *i >= 0.0);
+        match (exp, iat) {
+            (Some(exp), Some(iat)) if exp > iat => {
+                let want = Duration::try_from_secs_f64(exp - iat).map_or(MAX_LIFETIME, |d| d.min(MAX_LIFETIME));
+                prop_assert_eq!(lifetime, want, "exp - iat, whatever the local clock");
+            }
+            (Some(exp), _) if exp <= now_secs as f64 => prop_assert_eq!(lifetime, fallback, "an exp in the past"),
+            (None, _) => prop_assert_eq!(lifetime, fallback, "no usable exp"),
+            _ => prop_assert!(lifetime > Duration::ZERO),
+        }
+    }
+
+    #[test]
+    fn backoff_delays_stay_in_the_upper_half_of_their_step_and_under_the_cap(
+        initial_ns in 0u64..u64::MAX, max_ns in 0u64..u64::MAX, attempts in 1usize..80, reset_at in 0usize..80,
+    ) {
+        let (initial, max) = (Duration::from_nanos(initial_ns), Duration::from_nanos(max_ns));
+        let cap = max.max(initial);
+        let mut backoff = Backoff::new(initial, max);
+        let mut attempt = 0u32;
+        for n in 0..attempts {
+            if n == reset_at {
+                backoff.reset();
+                attempt = 0;
+            }
+            let factor = 2u32.checked_pow(attempt.min(31)).unwrap_or(u32::MAX);
+            let step = initial.checked_mul(factor).map_or(cap, |d| d.min(cap));
+            let delay = backoff.next_delay();
+            prop_assert!(delay >= step / 2 && delay <= step, "attempt {}: {:?} outside [{:?}, {:?}]", attempt, delay, step / 2, step);
+            prop_assert!(delay <= cap);
+            attempt += 1;
+        }
+    }
+
+    /// Lifetimes from 1 µs: below that, half a lifetime rounds to 0 ns and the
+    /// guard with it (1 ns tokens are not a thing; see the report).
+    #[test]
+    fn a_schedule_renews_before_the_token_stops_being_sent(
+        lifetime_us in 1u64..(MAX_LIFETIME.as_micros() as u64), refresh_before_ms in 0u64..u64::MAX / 2, jitter in 0.0f64..=1.0,
+    ) {
+        let lifetime = Duration::from_micros(lifetime_us);
+        let plan = schedule(lifetime, Duration::from_millis(refresh_before_ms), jitter);
+        prop_assert!(plan.renew_after <= plan.usable_for);
+        prop_assert!(plan.usable_for < lifetime);
+        prop_assert!(lifetime - plan.usable_for <= Duration::from_secs(1), "at most the last second is held back");
+        prop_assert!(plan.renew_after >= plan.usable_for / 2 - plan.usable_for / 20, "never earlier than about half-way");
+    }
+
+    /// The renewer passes `rand::random()`, always in [0, 1); the function
+    /// clamps, so any fraction must do.
+    #[test]
+    fn a_schedule_accepts_any_jitter(
+        lifetime_s in 0u64..1_000_000,
+        jitter in prop_oneof![any::<f64>(), Just(f64::NAN), Just(f64::INFINITY), Just(-1.0)],
+    ) {
+        let plan = schedule(Duration::from_secs(lifetime_s), Duration::from_secs(300), jitter);
+        prop_assert!(plan.renew_after <= plan.usable_for);
+    }
+
+    /// Whatever a valid configuration says, the life the renewer plans for a
+    /// token without readable claims fits in `Instant` arithmetic.
+    #[test]
+    fn a_valid_configuration_never_plans_an_overflowing_token_life(secs in prop_oneof![0u64..u64::MAX, Just(u64::MAX)]) {
+        let mut config = Config::default();
+        config.upstream.url = Some("https://td.example.com".to_owned());
+        config.credentials.user_name = Some("svc".to_owned());
+        config.credentials.password = Some("pw".to_owned().into());
+        config.token.fallback_lifetime = Dur(Duration::from_secs(secs));
+        if config.validate().is_ok() {
+            let (lifetime, _) = jwt::lifetime("opaque-token", SystemTime::now(), config.token.fallback_lifetime.0);
+            let plan = schedule(lifetime, config.token.refresh_before.0, 0.5);
+            prop_assert!(Instant::now().checked_add(plan.usable_for).is_some(), "token.fallback_lifetime = {}s", secs);
+            prop_assert!(SystemTime::now().checked_add(lifetime).is_some(), "token.fallback_lifetime = {}s", secs);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Duration and size notation
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn durations_print_in_a_notation_that_parses_back(secs in 0u64..100 * 366 * 86_400, nanos in 0u32..1_000_000_000) {
+        let dur = Dur(Duration::new(secs, nanos));
+        let text = dur.to_string();
+        prop_assert_eq!(text.parse::<Dur>(), Ok(dur), "{}", text);
+    }
+
+    #[test]
+    fn sizes_print_in_a_notation_that_parses_back(bytes in any::<u64>()) {
+        let size = Size(bytes);
+        let text = size.to_string();
+        prop_assert_eq!(text.parse::<Size>(), Ok(size), "{}", text);
+    }
+
+    #[test]
+    fn parsing_any_text_as_a_duration_or_size_never_panics(text in "\\PC{0,30}") {
+        let _ = text.parse::<Dur>();
+        let _ = text.parse::<Size>();
+    }
+
+    #[test]
+    fn parsed_sizes_are_what_they_say(n in 0u64..1 << 33, unit in prop::sample::select(vec![("B", 1u64), ("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30), ("", 1)])) {
+        let parsed = format!("{n}{}", unit.0).parse::<Size>();
+        match n.checked_mul(unit.1) {
+            Some(bytes) => prop_assert_eq!(parsed, Ok(Size(bytes))),
+            None => prop_assert!(parsed.is_err()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Paths
+
+/// `normalize(raw)` without any dot or empty segment left.
+fn is_clean(path: &str) -> bool {
+    path.starts_with('/')
+        && !path.contains("//")
+        && !path.contains("/../")
+        && !path.contains("/./")
+        && !path.ends_with("/..")
+        && !path.ends_with("/.")
+        && (path == "/" || !path.ends_with('/'))
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn normalized_paths_have_no_dot_or_empty_segments(raw in prop_oneof![path(), "\\PC{0,40}"]) {
+        let normal = normalize(&raw);
+        prop_assert!(is_clean(&normal), "{:?} -> {:?}", raw, normal);
+        // Percent-decoding happens once, as in Truedat's router: a path that
+        // still holds a '%' after it may decode further the second time.
+        if !normal.contains('%') {
+            prop_assert_eq!(normalize(&normal), normal.clone(), "not idempotent for {:?}", raw);
+        }
+    }
+
+    #[test]
+    fn allow_paths_never_let_a_path_out_of_its_prefixes(
+        prefixes in prop::collection::vec(path().prop_map(|p| format!("/{}", p.trim_start_matches('/'))), 1..3),
+        raw in path(),
+        allow_sessions in any::<bool>(),
+    ) {
+        let policy = PathPolicy::new(&prefixes, allow_sessions);
+        let normal = normalize(&raw);
+        match policy.check(&raw) {
+            Ok(()) => {
+                let inside = prefixes.iter().any(|prefix| {
+                    let p = normalize(prefix);
+                    let p = if prefix.ends_with('/') && p != "/" { format!("{p}/") } else { p };
+                    normal.starts_with(&p) || p.strip_suffix('/') == Some(normal.as_str())
+                });
+                prop_assert!(inside, "{:?} (normalized {:?}) allowed by {:?}", raw, normal, prefixes);
+                if !allow_sessions {
+                    let lower = normal.to_ascii_lowercase();
+                    prop_assert!(lower != "/api/sessions" && !lower.starts_with("/api/sessions/"), "{:?} reached the sessions route", raw);
+                }
+            }
+            Err(Refusal::Sessions) => {
+                prop_assert!(!allow_sessions);
+                prop_assert!(normal.to_ascii_lowercase().starts_with("/api/sessions"));
+            }
+            Err(Refusal::NotAllowed) => {}
+        }
+    }
+
+    #[test]
+    fn the_sessions_route_is_refused_in_any_spelling(raw in path()) {
+        let normal = normalize(&raw).to_ascii_lowercase();
+        let under = normal == "/api/sessions" || normal.starts_with("/api/sessions/");
+        prop_assert_eq!(PathPolicy::new(&[], false).check(&raw) == Err(Refusal::Sessions), under, "{:?}", raw);
+        prop_assert_eq!(PathPolicy::new(&[], true).check(&raw), Ok(()));
+    }
+}

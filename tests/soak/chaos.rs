@@ -1,0 +1,173 @@
+//! Truedat having a bad day, compressed: one task owns the fake and, until
+//! the deadline, revokes every session every [`REVOKE_EVERY`], makes the
+//! login route fail or hang for 1–3 s at random moments, lets the data routes
+//! reset [`RESET_SHARE`] of their connections, and (in long runs) restarts
+//! Truedat outright on the same port. It records when each of these happened,
+//! so that every failure a client saw can be blamed on Truedat or the proxy.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use crate::support::fake_truedat::{DataFault, FakeConfig, FakeTruedat, LoginMode};
+
+/// Every session is revoked this often.
+pub const REVOKE_EVERY: Duration = Duration::from_secs(5);
+/// Share of data requests whose connection the fake resets.
+pub const RESET_SHARE: f64 = 0.005;
+/// Login outages last this long (ms), each shorter than `token.first_token_wait`.
+const OUTAGE_MS: std::ops::RangeInclusive<u64> = 1000..=3000;
+/// Time between the end of one login outage and the start of the next (ms).
+const BETWEEN_OUTAGES_MS: std::ops::RangeInclusive<u64> = 2000..=6000;
+/// How long Truedat stays down during a restart.
+const RESTART_DOWNTIME: Duration = Duration::from_secs(1);
+/// A restart waits until a login outage ended this long ago, so that it
+/// hits a proxy that holds a token and is forwarding (right after an outage
+/// the token may have expired, and requests wait instead of reaching Truedat).
+const RESTART_AFTER_OUTAGE: Duration = Duration::from_secs(2);
+/// How often the task looks at the clock.
+const TICK: Duration = Duration::from_millis(20);
+
+/// One login outage.
+#[derive(Debug, Clone)]
+pub struct Outage {
+    pub mode: LoginMode,
+    pub from: Instant,
+    pub to: Instant,
+}
+
+/// What Truedat did during the run.
+#[derive(Debug, Default)]
+pub struct Record {
+    /// When every session was revoked.
+    pub revocations: Vec<Instant>,
+    pub outages: Vec<Outage>,
+    /// Truedat down: from the start of its shutdown to the moment it listens again.
+    pub restarts: Vec<(Instant, Instant)>,
+    /// `X-Request-Id` of every request whose connection the fake reset.
+    pub reset_ids: HashSet<String>,
+    /// Successful logins and login attempts, over every incarnation of the fake.
+    pub logins: usize,
+    pub login_attempts: usize,
+}
+
+impl Record {
+    /// Adds what `fake` counted; called once per incarnation, when it no
+    /// longer resets connections (before a restart, after the load).
+    pub fn absorb(&mut self, fake: &FakeTruedat) {
+        self.reset_ids.extend(fake.reset_request_ids());
+        self.logins += fake.logins();
+        self.login_attempts += fake.login_attempts();
+    }
+
+    /// Whether Truedat revoked sessions between `from` and `to`, give or take
+    /// `slack`. A restart counts from going down to coming back: the new
+    /// Truedat signs with a new key and knows no session.
+    pub fn revoked_during(&self, from: Instant, to: Instant, slack: Duration) -> bool {
+        let within = |at: Instant| at + slack >= from && at <= to + slack;
+        self.revocations.iter().any(|at| within(*at)) || self.down_during(from, to, slack)
+    }
+
+    /// Whether Truedat was down at some point between `from` and `to`.
+    pub fn down_during(&self, from: Instant, to: Instant, slack: Duration) -> bool {
+        self.restarts.iter().any(|(down, up)| *down <= to + slack && *up + slack >= from)
+    }
+}
+
+/// The fault settings every incarnation of the fake starts with.
+pub fn configure(fake: &FakeTruedat) {
+    fake.set_record_data(false);
+    fake.set_data_fault(DataFault::ResetShare(RESET_SHARE));
+}
+
+/// Runs the chaos until `deadline`, restarting Truedat at each of `restarts`;
+/// returns the fake as it is at the end (not yet absorbed into the record),
+/// and the record.
+pub async fn run(
+    mut fake: FakeTruedat,
+    config: FakeConfig,
+    deadline: Instant,
+    restarts: Vec<Instant>,
+) -> (FakeTruedat, Record) {
+    let mut record = Record::default();
+    let mut next_revocation = Instant::now() + REVOKE_EVERY;
+    let mut next_outage = Instant::now() + millis(BETWEEN_OUTAGES_MS);
+    let mut outage_end: Option<Instant> = None;
+    let mut last_outage_end = Instant::now();
+    let mut restarts = restarts.into_iter().peekable();
+    while Instant::now() < deadline {
+        let now = Instant::now();
+        if now >= next_revocation {
+            record.revocations.push(Instant::now());
+            fake.revoke_all();
+            next_revocation += REVOKE_EVERY;
+        }
+        match outage_end {
+            Some(end) if now >= end => {
+                fake.set_login_mode(LoginMode::Normal);
+                if let Some(outage) = record.outages.last_mut() {
+                    outage.to = Instant::now();
+                }
+                outage_end = None;
+                last_outage_end = Instant::now();
+                next_outage = last_outage_end + millis(BETWEEN_OUTAGES_MS);
+            }
+            None if now >= next_outage && now + millis(OUTAGE_MS) < deadline => {
+                let mode = if rand::random::<bool>() { LoginMode::Status(500) } else { LoginMode::Hang };
+                let length = millis(OUTAGE_MS);
+                fake.set_login_mode(mode.clone());
+                record.outages.push(Outage { mode, from: now, to: now + length });
+                outage_end = Some(now + length);
+            }
+            _ => {}
+        }
+        let quiet = outage_end.is_none() && now >= last_outage_end + RESTART_AFTER_OUTAGE;
+        if quiet && restarts.peek().is_some_and(|at| now >= *at) {
+            restarts.next();
+            fake = restart(fake, &config, &mut record).await;
+        }
+        tokio::time::sleep(TICK).await;
+    }
+    if outage_end.is_some() {
+        fake.set_login_mode(LoginMode::Normal);
+        if let Some(outage) = record.outages.last_mut() {
+            outage.to = Instant::now();
+        }
+    }
+    // The last incarnation is absorbed by the caller, once the load stopped:
+    // until then it may still reset connections.
+    (fake, record)
+}
+
+/// Shuts Truedat down, waits, and brings a new one up on the same port.
+async fn restart(fake: FakeTruedat, config: &FakeConfig, record: &mut Record) -> FakeTruedat {
+    // No reset may happen after its id was collected: stop them, and give a
+    // handler that drew one just before a moment to record it.
+    fake.set_data_fault(DataFault::None);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    record.absorb(&fake);
+    let addr = fake.addr();
+    let down = Instant::now();
+    fake.shutdown().await;
+    tokio::time::sleep(RESTART_DOWNTIME).await;
+    let mut attempts = 0;
+    let fake = loop {
+        match FakeTruedat::start_at(addr, config.clone()).await {
+            Ok(fake) => break fake,
+            Err(error) if attempts < 100 => {
+                attempts += 1;
+                if attempts == 1 {
+                    eprintln!("restart: {addr} not free yet ({error}); retrying");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("Truedat cannot come back on {addr}: {error}"),
+        }
+    };
+    configure(&fake);
+    record.restarts.push((down, Instant::now()));
+    fake
+}
+
+fn millis(range: std::ops::RangeInclusive<u64>) -> Duration {
+    Duration::from_millis(rand::random_range(range))
+}
