@@ -38,7 +38,7 @@ pub fn lifetime(token: &str, now: SystemTime, fallback: Duration) -> (Duration, 
     match (exp, iat) {
         // Truedat writes whole seconds: a token issued at 12.9 s says iat = 12,
         // so up to one second of `exp - iat` was gone before it was issued.
-        (Some(exp), Some(iat)) if exp > iat + 1.0 => (clamp(exp - iat - rounding(iat)), Source::IssuedAt),
+        (Some(exp), Some(iat)) if exp - iat > rounding(iat) => (clamp(exp - iat - rounding(iat)), Source::IssuedAt),
         (Some(exp), _) => {
             let now = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
             if exp > now { (clamp(exp - now), Source::Expiry) } else { (fallback, Source::Fallback) }
