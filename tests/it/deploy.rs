@@ -13,9 +13,8 @@ use http::StatusCode;
 use serde_json::Value;
 
 use crate::support::client::Client;
-use crate::support::fake_truedat::FakeConfig;
 use crate::support::prometheus::Scrape;
-use crate::support::proxy::{BinaryProxy, fake};
+use crate::support::proxy::{BinaryProxy, binary_toml, fake};
 use crate::support::wait::wait_until;
 
 /// Bound for the binary to start and log in.
@@ -69,18 +68,7 @@ async fn the_dashboard_and_the_readme_name_exactly_the_exported_metrics() {
 /// it (so that both histograms have series), and scrapes `/metrics`.
 async fn scrape_after_traffic() -> Scrape {
     let fake = fake(|_| {}).await;
-    let credentials = FakeConfig::default();
-    let mut toml = String::new();
-    for (key, value) in [
-        ("listen.address", "127.0.0.1:0".to_owned()),
-        ("admin.address", "127.0.0.1:0".to_owned()),
-        ("upstream.url", fake.url()),
-        ("credentials.user_name", credentials.user_name),
-        ("credentials.password", credentials.password),
-    ] {
-        toml.push_str(&format!("{key} = {}\n", toml::Value::String(value)));
-    }
-    let proxy = BinaryProxy::spawn(&toml, &[]).await;
+    let proxy = BinaryProxy::spawn(&binary_toml(&fake.url(), &[]), &[]).await;
     let client = Client::new();
     let ready = wait_until(PATIENCE, || async {
         let request = http::Request::get(proxy.admin_url("/readyz")).body(Default::default()).expect("a valid request");

@@ -24,7 +24,7 @@ use crate::support::fake_truedat::{DataFault, FakeTruedat, STALL_BODY_LEN, STALL
 use crate::support::h1::{BodyEnd, H1Conn, read_body};
 use crate::support::process::{mib, open_fds, rss_bytes};
 use crate::support::prometheus::Scrape;
-use crate::support::proxy::{BinaryProxy, TestProxy, fake};
+use crate::support::proxy::{BinaryProxy, TestProxy, binary_toml, fake};
 use crate::support::wait::wait_until;
 
 const READY: Duration = Duration::from_secs(10);
@@ -292,17 +292,6 @@ async fn a_slow_loris_head_does_not_hold_up_others_and_an_endless_head_is_cut() 
 }
 
 /// A TOML configuration for the real binary in front of `url`.
-fn binary_toml(url: &str, extra: &[(&str, &str)]) -> String {
-    let mut text = format!(
-        "listen.address = \"127.0.0.1:0\"\nadmin.address = \"127.0.0.1:0\"\nupstream.url = \"{url}\"\n\
-         credentials.user_name = \"svc-proxy\"\ncredentials.password = \"s3cret-Pa55\"\n"
-    );
-    for (key, value) in extra {
-        text.push_str(&format!("{key} = {value}\n"));
-    }
-    text
-}
-
 async fn wait_binary_ready(client: &Client, binary: &BinaryProxy) {
     let ready = wait_until(Duration::from_secs(15), || async {
         let request = Request::get(binary.admin_url("/readyz")).body(Full::default()).expect("a valid request");
@@ -323,7 +312,7 @@ async fn a_client_that_stops_reading_a_large_download_costs_bounded_memory() {
     let mut binary = BinaryProxy::spawn(
         &binary_toml(
             &fake.url(),
-            &[("log.level", "\"warn,truedat_auth_proxy::app=info\""), ("listen.send_timeout", "\"2s\"")],
+            &["log.level = \"warn,truedat_auth_proxy::app=info\"", "listen.send_timeout = \"2s\""],
         ),
         &[],
     )
@@ -405,11 +394,7 @@ async fn truedat_unreachable_for_several_backoff_periods_then_up_makes_the_proxy
     down.shutdown().await;
     let toml = binary_toml(
         &format!("http://{addr}"),
-        &[
-            ("token.retry_initial", "\"100ms\""),
-            ("token.retry_max", "\"400ms\""),
-            ("token.first_token_wait", "\"300ms\""),
-        ],
+        &["token.retry_initial = \"100ms\"", "token.retry_max = \"400ms\"", "token.first_token_wait = \"300ms\""],
     );
     let mut binary = BinaryProxy::spawn(&toml, &[]).await;
     let client = Client::new();

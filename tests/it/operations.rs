@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 use crate::support::client::{Client, Reply};
 use crate::support::fake_truedat::{FakeConfig, FakeTruedat, LoginMode};
 use crate::support::prometheus::Scrape;
-use crate::support::proxy::{BINARY, BinaryProxy, TestProxy, config_file, fake};
+use crate::support::proxy::{BINARY, BinaryProxy, TestProxy, binary_toml, config_file, fake};
 use crate::support::wait::wait_until;
 
 /// Bound for anything the proxy does on its own (start, login, exit, log).
@@ -68,28 +68,8 @@ const FAMILIES: [(&str, &str, Enumerated); 11] = [
 // ---------------------------------------------------------------------------
 // Helpers: the binary, its admin port, its output
 
-/// A TOML configuration for the binary in front of `fake`, plus `extra` lines.
-fn binary_toml(fake: &FakeTruedat, extra: &[&str]) -> String {
-    let credentials = FakeConfig::default();
-    let mut text = String::new();
-    for (key, value) in [
-        ("listen.address", "127.0.0.1:0".to_owned()),
-        ("admin.address", "127.0.0.1:0".to_owned()),
-        ("upstream.url", fake.url()),
-        ("credentials.user_name", credentials.user_name),
-        ("credentials.password", credentials.password),
-    ] {
-        text.push_str(&format!("{key} = {}\n", toml::Value::String(value)));
-    }
-    for line in extra {
-        text.push_str(line);
-        text.push('\n');
-    }
-    text
-}
-
 async fn spawn_binary(fake: &FakeTruedat, extra: &[&str]) -> BinaryProxy {
-    BinaryProxy::spawn(&binary_toml(fake, extra), &[]).await
+    BinaryProxy::spawn(&binary_toml(&fake.url(), extra), &[]).await
 }
 
 /// `GET` on the admin port, `None` if the port does not answer.
@@ -608,7 +588,7 @@ struct TextBinary {
 
 impl TextBinary {
     async fn spawn(fake: &FakeTruedat) -> TextBinary {
-        let config = config_file(&binary_toml(fake, &["log.format = \"text\""]));
+        let config = config_file(&binary_toml(&fake.url(), &["log.format = \"text\""]));
         let mut child = tokio::process::Command::new(BINARY)
             .arg("--config")
             .arg(config.path())

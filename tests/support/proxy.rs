@@ -42,6 +42,28 @@ pub fn test_config(upstream_url: &str) -> Config {
     config
 }
 
+/// A TOML configuration for the real binary in front of the Truedat at
+/// `upstream_url`: both listeners on free loopback ports, the fake's
+/// credentials, then each line of `extra` (such as `log.format = "text"`).
+pub fn binary_toml(upstream_url: &str, extra: &[&str]) -> String {
+    let fake = FakeConfig::default();
+    let mut text = String::new();
+    for (key, value) in [
+        ("listen.address", "127.0.0.1:0".to_owned()),
+        ("admin.address", "127.0.0.1:0".to_owned()),
+        ("upstream.url", upstream_url.to_owned()),
+        ("credentials.user_name", fake.user_name),
+        ("credentials.password", fake.password),
+    ] {
+        text.push_str(&format!("{key} = {}\n", toml::Value::String(value)));
+    }
+    for line in extra {
+        text.push_str(line);
+        text.push('\n');
+    }
+    text
+}
+
 /// The proxy running in this process.
 pub struct TestProxy {
     pub proxy: SocketAddr,
