@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 
 use crate::support::client::{Client, Reply};
 use crate::support::fake_truedat::{FakeConfig, FakeTruedat, LoginMode};
+use crate::support::process::cpu_ticks;
 use crate::support::prometheus::Scrape;
 use crate::support::proxy::{BINARY, BinaryProxy, TestProxy, binary_toml, config_file, fake};
 use crate::support::wait::wait_until;
@@ -928,4 +929,40 @@ async fn a_burst_from_a_pooling_keep_alive_client_is_not_starved_by_idle_connect
     });
     assert!(statuses.iter().all(|s| s.as_ref().is_ok_and(|s| *s == StatusCode::OK)), "{statuses:?}");
     proxy.stop().await;
+}
+
+/// Out of file descriptors (`ulimit -n 64`, then 120 connections held open):
+/// the accept loop logs the error once and backs off instead of spinning or
+/// exiting, and serves again as soon as descriptors are free.
+#[tokio::test]
+async fn running_out_of_descriptors_backs_off_and_recovers() {
+    let fake = fake(|_| {}).await;
+    let binary = BinaryProxy::spawn_with_fd_limit(&binary_toml(&fake.url(), &[]), 64).await;
+    let client = Client::new();
+    let ready = || async { admin_get(&client, &binary, "/readyz").await.is_some_and(|r| r.status == StatusCode::OK) };
+    assert!(wait_until(PATIENCE, ready).await, "{}", binary.output());
+    let pid = binary.pid();
+
+    let mut held = Vec::new();
+    for _ in 0..120 {
+        held.push(TcpStream::connect(binary.proxy).await.expect("the kernel queues the connection"));
+    }
+    assert!(
+        wait_until(PATIENCE, || async { binary.output().contains("accepting a connection failed") }).await,
+        "no accept error logged with 120 connections and 64 descriptors:\n{}",
+        binary.output()
+    );
+    let before = cpu_ticks(pid);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let spent = cpu_ticks(pid) - before;
+    assert!(spent <= 30, "{spent} ticks of CPU in 1 s while out of descriptors: the accept loop spins");
+    assert_eq!(binary.output().matches("accepting a connection failed").count(), 1, "{}", binary.output());
+
+    drop(held);
+    let served = wait_until(PATIENCE, || async {
+        let request = Request::get(binary.url("/api/data")).body(Full::default()).expect("valid");
+        client.try_send(request).await.is_ok_and(|r| r.status == StatusCode::OK)
+    })
+    .await;
+    assert!(served, "the proxy did not recover once descriptors were free:\n{}", binary.output());
 }

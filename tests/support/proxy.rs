@@ -137,11 +137,28 @@ impl BinaryProxy {
     /// for its "started" log line to learn the bound addresses.
     pub async fn spawn(toml: &str, env: &[(&str, &str)]) -> BinaryProxy {
         let config = config_file(toml);
+        let mut command = Command::new(BINARY);
+        command.arg("--config").arg(config.path());
+        BinaryProxy::launch(command, config, env).await
+    }
+
+    /// Like `spawn`, with the process allowed at most `max_fds` open file
+    /// descriptors (`ulimit -n`, then `exec`: the pid stays the binary's).
+    pub async fn spawn_with_fd_limit(toml: &str, max_fds: u32) -> BinaryProxy {
+        let config = config_file(toml);
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -n {max_fds} && exec \"$0\" --config \"$1\""))
+            .arg(BINARY)
+            .arg(config.path());
+        BinaryProxy::launch(command, config, &[]).await
+    }
+
+    async fn launch(mut command: Command, config: tempfile::NamedTempFile, env: &[(&str, &str)]) -> BinaryProxy {
         // Only what the test sets: a developer's or CI's own proxy or
         // TRUEDAT_PROXY_* variables must not leak into the run.
-        let mut child = Command::new(BINARY)
-            .arg("--config")
-            .arg(config.path())
+        let mut child = command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(env.iter().copied())
