@@ -315,7 +315,7 @@ impl Config {
             figment = figment.merge(Toml::file_exact(path));
         }
         figment = merge_env(figment);
-        let mut config: Config = figment.extract().map_err(describe_figment_error)?;
+        let mut config: Config = figment.extract().map_err(|first| every_problem(&figment, first))?;
         config.proxy_env = ProxyEnv::from_process();
         config.validate()?;
         Ok(config)
@@ -470,23 +470,60 @@ fn merge_env(figment: Figment) -> Figment {
     figment
 }
 
+/// figment stops at the first bad value; extracting each section on its
+/// own finds the first problem of every section, so an operator fixes them
+/// in one go rather than one run at a time.
+fn every_problem(figment: &Figment, first: figment::Error) -> Invalid {
+    fn section<T: serde::de::DeserializeOwned>(figment: &Figment, key: &str) -> Vec<String> {
+        let Err(error) = figment.extract_inner::<T>(key) else {
+            return Vec::new();
+        };
+        error
+            .into_iter()
+            .map(|mut e| {
+                // extract_inner reports the section last ("retry_max.token").
+                if e.path.last().is_some_and(|last| last == key) && e.path.first().is_none_or(|f| f != key) {
+                    e.path.rotate_right(1);
+                }
+                describe_one(&e)
+            })
+            .collect()
+    }
+    let mut lines = describe_figment_error(first).0;
+    let sections = [
+        section::<Listen>(figment, "listen"),
+        section::<Admin>(figment, "admin"),
+        section::<Upstream>(figment, "upstream"),
+        section::<Credentials>(figment, "credentials"),
+        section::<TokenSettings>(figment, "token"),
+        section::<ProxySettings>(figment, "proxy"),
+        section::<ShutdownSettings>(figment, "shutdown"),
+        section::<Log>(figment, "log"),
+        section::<Runtime>(figment, "runtime"),
+    ];
+    for line in sections.into_iter().flatten() {
+        if !lines.contains(&line) {
+            lines.push(line);
+        }
+    }
+    Invalid(lines)
+}
+
 /// One line per figment error, each naming the key and where it came from.
 fn describe_figment_error(error: figment::Error) -> Invalid {
-    let lines = error
-        .into_iter()
-        .map(|e| {
-            let key = e.path.join(".");
-            let source = e.metadata.as_ref().map(|m| describe_source(m, &e.path)).unwrap_or_default();
-            // A figment type error quotes the value: never for a secret.
-            let what = if SECRET_KEYS.contains(&key.as_str()) {
-                "invalid value (not shown: it is a secret); write it as a quoted string".to_owned()
-            } else {
-                describe_kind(&e.kind)
-            };
-            if key.is_empty() { format!("{what}{source}") } else { format!("{key}: {what}{source}") }
-        })
-        .collect();
-    Invalid(lines)
+    Invalid(error.into_iter().map(|e| describe_one(&e)).collect())
+}
+
+fn describe_one(e: &figment::Error) -> String {
+    let key = e.path.join(".");
+    let source = e.metadata.as_ref().map(|m| describe_source(m, &e.path)).unwrap_or_default();
+    // A figment type error quotes the value: never for a secret.
+    let what = if SECRET_KEYS.contains(&key.as_str()) {
+        "invalid value (not shown: it is a secret); write it as a quoted string".to_owned()
+    } else {
+        describe_kind(&e.kind)
+    };
+    if key.is_empty() { format!("{what}{source}") } else { format!("{key}: {what}{source}") }
 }
 
 /// The error on one line: a TOML syntax error's snippet is reduced to its
@@ -598,14 +635,27 @@ mod tests {
     }
 
     #[test]
+    fn problems_in_several_sections_are_all_reported() {
+        let figment = Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(
+            "[listen]\nmax_connections = \"many\"\n[token]\nretry_max = \"soon\"\n[log]\nlevle = 1\n",
+        ));
+        let first = figment.extract::<Config>().unwrap_err();
+        let lines = every_problem(&figment, first).0;
+        for key in ["listen.max_connections", "token.retry_max", "log.levle"] {
+            assert_eq!(lines.iter().filter(|l| l.starts_with(key)).count(), 1, "{key} in {lines:?}");
+        }
+        assert_eq!(lines.len(), 3, "{lines:?}");
+    }
+
+    #[test]
     fn a_badly_typed_password_is_not_echoed_in_the_error() {
-        let e = Figment::from(Serialized::defaults(Config::default()))
-            .merge(Toml::string("[credentials]\npassword = 73105928461\n"))
-            .extract::<Config>()
-            .unwrap_err();
-        let lines = describe_figment_error(e).0;
-        assert!(lines[0].starts_with("credentials.password: "), "{lines:?}");
-        assert!(!lines[0].contains("73105928461"), "{lines:?}");
+        let figment = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string("[credentials]\npassword = 73105928461\n[token]\nretry_max = 5\n"));
+        let e = figment.extract::<Config>().unwrap_err();
+        let lines = every_problem(&figment, e).0;
+        assert!(lines.iter().any(|l| l.starts_with("credentials.password: ")), "{lines:?}");
+        assert!(lines.iter().any(|l| l.starts_with("token.retry_max: ")), "{lines:?}");
+        assert!(!lines.iter().any(|l| l.contains("73105928461")), "{lines:?}");
     }
 
     #[test]
