@@ -15,7 +15,7 @@ use crate::support::client::Client;
 use crate::support::connect_proxy::ConnectProxy;
 use crate::support::fake_truedat::{FakeConfig, FakeTruedat};
 use crate::support::pki::{self, ALPN_BOTH, Ca};
-use crate::support::proxy::{BinaryProxy, TestProxy};
+use crate::support::proxy::{BinaryProxy, TestProxy, binary_toml};
 use crate::support::wait::wait_until;
 
 /// Generous bound for a login or a state change on a loaded machine.
@@ -177,16 +177,8 @@ async fn proxy_credentials_in_https_proxy_are_sent_as_basic_auth() {
 async fn the_binary_honours_https_proxy_from_its_environment() {
     let truedat = HttpsTruedat::start().await;
     let egress = ConnectProxy::start().await;
-    let toml = format!(
-        "listen.address = \"127.0.0.1:0\"\n\
-         admin.address = \"127.0.0.1:0\"\n\
-         upstream.url = \"{}\"\n\
-         upstream.ca_file = {}\n\
-         credentials.user_name = \"svc-proxy\"\n\
-         credentials.password = \"{PASSWORD}\"\n",
-        truedat.fake.url(),
-        toml::Value::String(truedat.ca.file().display().to_string()),
-    );
+    let ca_file = format!("upstream.ca_file = {}", toml::Value::String(truedat.ca.file().display().to_string()));
+    let toml = binary_toml(&truedat.fake.url(), &[&ca_file]);
     let url = egress.url();
     // Lower-case names win over upper case (as in curl): blank them so that
     // only HTTPS_PROXY decides, whatever the environment running the tests.

@@ -15,7 +15,7 @@ use truedat_auth_proxy::units::Dur;
 use crate::support::client::Client;
 use crate::support::fake_truedat::{FakeConfig, FakeTruedat};
 use crate::support::pki::{self, ALPN_BOTH, ALPN_H2, ALPN_HTTP1, Ca};
-use crate::support::proxy::{BinaryProxy, TestProxy, config_file, fake, run_binary, test_config};
+use crate::support::proxy::{BinaryProxy, TestProxy, binary_toml, config_file, fake, run_binary, test_config};
 use crate::support::relay::{TcpRelay, TlsFront};
 use crate::support::wait::wait_until;
 
@@ -170,18 +170,8 @@ async fn a_tls_failure_on_a_forwarded_request_is_a_502_that_says_tls() {
 /// Runs the binary against a fake presenting `cert` (from `issuer`) while
 /// trusting only `trusted`; the log must name the TLS problem with `fragments`.
 async fn binary_log_names(fake: &FakeTruedat, trusted: &Ca, fragments: &[&str]) {
-    let toml = format!(
-        "listen.address = \"127.0.0.1:0\"\n\
-         admin.address = \"127.0.0.1:0\"\n\
-         upstream.url = \"{}\"\n\
-         upstream.ca_file = {}\n\
-         credentials.user_name = \"svc-proxy\"\n\
-         credentials.password = \"s3cret-Pa55\"\n\
-         token.retry_initial = \"50ms\"\n\
-         token.retry_max = \"400ms\"\n",
-        fake.url(),
-        toml::Value::String(trusted.file().display().to_string()),
-    );
+    let ca_file = format!("upstream.ca_file = {}", toml::Value::String(trusted.file().display().to_string()));
+    let toml = binary_toml(&fake.url(), &[&ca_file, "token.retry_initial = \"50ms\"", "token.retry_max = \"400ms\""]);
     let no_proxy_env = [("https_proxy", ""), ("HTTPS_PROXY", ""), ("http_proxy", "")];
     let mut binary = BinaryProxy::spawn(&toml, &no_proxy_env).await;
     let client = Client::new();
