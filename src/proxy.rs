@@ -5,9 +5,9 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use http::header::CONTENT_LENGTH;
+use http::header::{CONTENT_LENGTH, ORIGIN, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -15,6 +15,8 @@ use http_body_util::Either;
 use hyper::body::{Body, Incoming};
 use tokio::sync::oneshot;
 
+use crate::access::Exchange;
+use crate::auth::liveness::Liveness;
 use crate::auth::{Auth, Credential};
 use crate::body::{ProxyBody, Streamed};
 use crate::config::ProxySettings;
@@ -33,6 +35,8 @@ const BODY_RETURN_WAIT: Duration = Duration::from_secs(5);
 /// The forwarding service shared by every connection.
 pub struct Proxy {
     auth: Arc<Auth>,
+    /// Tells a dead token from a 401 about something else.
+    liveness: Liveness,
     client: HttpClient,
     origin: Origin,
     policy: Policy,
@@ -45,20 +49,16 @@ pub struct Proxy {
 struct Policy {
     methods: Vec<Method>,
     paths: PathPolicy,
+    allow_browsers: bool,
     replay_limit: u64,
     max_head: u64,
-}
-
-/// A response from Truedat and how it was obtained.
-struct Forwarded {
-    response: Response<Incoming>,
-    replayed: bool,
 }
 
 impl Proxy {
     /// A proxy to `origin` through `client`, authenticating with `auth`.
     pub fn new(
         auth: Arc<Auth>,
+        liveness: Liveness,
         client: HttpClient,
         origin: Origin,
         settings: &ProxySettings,
@@ -72,50 +72,38 @@ impl Proxy {
         let policy = Policy {
             methods,
             paths: PathPolicy::new(&settings.allow_paths, settings.allow_session_paths),
+            allow_browsers: settings.allow_browsers,
             replay_limit: settings.replay_body_limit.0,
             max_head: settings.max_request_header_bytes.0,
         };
-        Proxy { auth, client, origin, policy, request_timeout, in_flight: Arc::default() }
+        Proxy { auth, liveness, client, origin, policy, request_timeout, in_flight: Arc::default() }
     }
 
     /// Answers one client request; every failure becomes a JSON error.
     pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
-        let started = Instant::now();
         let in_flight = InFlight::start(&self.in_flight);
-        let method = MethodLabel::of(request.method());
         let request_id = request_id(request.headers());
-        // A cheap clone (shared bytes), kept for the access log.
-        let uri = request.uri().clone();
-        let (mut response, upstream_status, replayed) = match self.forward(request, &request_id).await {
-            Ok(Forwarded { mut response, replayed }) => {
-                let status = response.status();
+        let mut exchange =
+            Exchange::start(MethodLabel::of(request.method()), request.uri().clone(), request_id.clone());
+        let mut response = match self.forward(request, &request_id, &mut exchange).await {
+            Ok(mut response) => {
+                exchange.upstream_status = Some(response.status());
                 headers::to_client(response.headers_mut());
-                (
-                    response.map(|body| Either::Left(Streamed::new(body, self.request_timeout, in_flight))),
-                    Some(status),
-                    replayed,
-                )
+                response.map(|body| Either::Left(Streamed::new(body, self.request_timeout, in_flight)))
             }
-            Err(error) => (error.into_response(), None, false),
+            Err(error) => error.into_response(),
         };
-        response.headers_mut().insert(REQUEST_ID.clone(), request_id.clone());
-        let duration = started.elapsed();
-        telemetry::record_request(method, response.status(), duration);
-        tracing::info!(
-            target: "access",
-            method = method.as_str(),
-            path = uri.path(),
-            status = response.status().as_u16(),
-            duration_ms = duration.as_secs_f64() * 1000.0,
-            upstream_status = upstream_status.map(|s| s.as_u16()),
-            request_id = request_id.to_str().unwrap_or_default(),
-            replayed,
-            "request"
-        );
+        response.headers_mut().insert(REQUEST_ID.clone(), request_id);
+        exchange.finish(response.status());
         Ok(response)
     }
 
-    async fn forward(&self, request: Request<Incoming>, request_id: &HeaderValue) -> Result<Forwarded, ProxyError> {
+    async fn forward(
+        &self,
+        request: Request<Incoming>,
+        request_id: &HeaderValue,
+        exchange: &mut Exchange,
+    ) -> Result<Response<Incoming>, ProxyError> {
         self.policy.check(&request)?;
         let credential = self.auth.credential().await.ok_or_else(|| self.no_token())?;
         let (mut parts, body) = request.into_parts();
@@ -126,6 +114,7 @@ impl Proxy {
         let declared_len = content_length(&parts.headers);
         let (body, kept) = self.first_body(body);
         let replay_parts = clone_parts(&parts);
+        exchange.attempts += 1;
         let response = match self.send(parts, body, &credential).await {
             // A pooled connection Truedat had already closed: RFC 9110 §9.2.2
             // lets an idempotent request without a body be sent again.
@@ -133,18 +122,22 @@ impl Proxy {
                 if kept.is_none() && is_idempotent(&replay_parts.method) =>
             {
                 tracing::debug!("connection to Truedat broke before an answer; retrying the idempotent request once");
+                exchange.attempts += 1;
                 self.send(clone_parts(&replay_parts), UpstreamBody::Empty, &credential).await?
             }
             result => result?,
         };
         if response.status() != StatusCode::UNAUTHORIZED {
-            return Ok(Forwarded { response, replayed: false });
+            return Ok(response);
         }
-        self.after_unauthorized(response, credential, replay_parts, kept, declared_len).await
+        exchange.upstream_status = Some(response.status());
+        self.after_unauthorized(response, credential, replay_parts, kept, declared_len, exchange).await
     }
 
-    /// Truedat said 401: the token is dead. Log in again (once, however many
-    /// requests saw it) and replay this request if its body was kept.
+    /// Truedat said 401. If the token is dead (SPEC §3.4), log in again
+    /// (once, however many requests saw it) and replay this request if its
+    /// body was kept; if it lives, the 401 was about something else and goes
+    /// to the client as it is.
     async fn after_unauthorized(
         &self,
         response: Response<Incoming>,
@@ -152,7 +145,11 @@ impl Proxy {
         parts: Parts,
         kept: Option<oneshot::Receiver<Kept>>,
         declared_len: Option<u64>,
-    ) -> Result<Forwarded, ProxyError> {
+        exchange: &mut Exchange,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        if !self.auth.known_dead(credential.generation) && self.liveness.is_alive(&credential).await {
+            return Ok(response);
+        }
         let body = match kept {
             None => Some(UpstreamBody::Empty),
             Some(kept) => match tokio::time::timeout(BODY_RETURN_WAIT, kept).await {
@@ -164,13 +161,15 @@ impl Proxy {
         let Some(body) = body else {
             // Too large to replay: the client gets Truedat's 401; the login
             // still happens, for the next requests.
-            return Ok(Forwarded { response, replayed: false });
+            return Ok(response);
         };
         let credential = self.auth.successor(credential.generation).await.ok_or_else(|| self.no_token())?;
         drop(response);
+        exchange.replayed = true;
+        exchange.attempts += 1;
         let replayed = self.send(parts, body, &credential).await;
         telemetry::record_replay(replayed.as_ref().is_ok_and(|r| r.status() != StatusCode::UNAUTHORIZED));
-        Ok(Forwarded { response: replayed?, replayed: true })
+        replayed
     }
 
     /// The client's body for the first attempt, and where its kept copy will
@@ -191,9 +190,18 @@ impl Proxy {
         credential: &Credential,
     ) -> Result<Response<Incoming>, ProxyError> {
         headers::to_upstream(&mut parts.headers, credential.bearer.clone());
+        if !body.is_end_stream() && body.size_hint().exact().is_none() {
+            // A body of unknown length (the client sent it chunked): hyper's
+            // client would frame it as empty on a GET or HEAD unless told.
+            parts.headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        }
         let request = Request::from_parts(parts, body);
         match tokio::time::timeout(self.request_timeout, self.client.request(request)).await {
             Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) if upstream::client_went_away(&error) => {
+                tracing::debug!(error = %upstream::root_cause(&error), "the client went away in the middle of its upload");
+                Err(ProxyError::ClientClosed)
+            }
             Ok(Err(error)) => {
                 let kind = upstream::classify(&error);
                 telemetry::record_upstream_error(kind.label());
@@ -221,19 +229,29 @@ impl Proxy {
 impl Policy {
     /// SPEC §4–§5: what is refused before anything is sent.
     fn check(&self, request: &Request<Incoming>) -> Result<(), ProxyError> {
-        if request.method() == Method::CONNECT {
-            return Err(ProxyError::MethodNotAllowed(
-                "CONNECT is not supported: this proxy only forwards requests to Truedat",
+        let path = self.paths.check(request.uri().path());
+        if path == Err(Refusal::Ambiguous) {
+            return Err(ProxyError::BadRequest(
+                "ambiguous path: dot segments and encoded slashes or backslashes are read differently by \
+                 Truedat's router and its ingress, so they are not forwarded",
             ));
         }
+        check_method(request.method())?;
         if !self.methods.is_empty() && !self.methods.contains(request.method()) {
             return Err(ProxyError::MethodNotAllowed("method not allowed by proxy.allow_methods"));
         }
         if head_size(request) > self.max_head {
             return Err(ProxyError::HeadTooLarge);
         }
-        match self.paths.check(request.uri().path()) {
-            Ok(()) => Ok(()),
+        check_transfer_coding(request.headers())?;
+        if !self.allow_browsers && is_from_browser(request.headers()) {
+            return Err(ProxyError::Forbidden(
+                "requests from web browsers are refused (proxy.allow_browsers): a web page must not act as the \
+                 service user",
+            ));
+        }
+        match path {
+            Ok(()) | Err(Refusal::Ambiguous) => Ok(()),
             Err(Refusal::Sessions) => Err(ProxyError::Forbidden(
                 "session routes are not forwarded (proxy.allow_session_paths): the proxy manages its own session",
             )),
@@ -242,9 +260,45 @@ impl Policy {
     }
 }
 
+/// CONNECT would tunnel elsewhere with the proxy's help; a server that
+/// implements TRACE (or IIS's TRACK) echoes the request back, bearer included.
+fn check_method(method: &Method) -> Result<(), ProxyError> {
+    if method == Method::CONNECT {
+        return Err(ProxyError::MethodNotAllowed(
+            "CONNECT is not supported: this proxy only forwards requests to Truedat",
+        ));
+    }
+    if method == Method::TRACE || method.as_str() == "TRACK" {
+        return Err(ProxyError::MethodNotAllowed(
+            "TRACE and TRACK are not forwarded: Truedat would echo the proxy's credentials back",
+        ));
+    }
+    Ok(())
+}
+
+/// Only `chunked` is forwarded (SPEC §4): the proxy cannot re-frame a body
+/// in another coding it does not implement (RFC 9112 §6.1 allows a 501).
+fn check_transfer_coding(headers: &HeaderMap) -> Result<(), ProxyError> {
+    let other = headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .any(|coding| !coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+    if other {
+        return Err(ProxyError::NotImplemented("only the chunked transfer coding is supported on requests"));
+    }
+    Ok(())
+}
+
+/// Browsers send `Origin` on cross-site and non-GET requests and
+/// `Sec-Fetch-*` on every request (Fetch Metadata); tools send neither.
+fn is_from_browser(headers: &HeaderMap) -> bool {
+    headers.contains_key(ORIGIN) || headers.keys().any(|name| name.as_str().starts_with("sec-fetch-"))
+}
+
 /// RFC 9110 §9.2.2: methods whose repetition has the effect of one request.
 fn is_idempotent(method: &Method) -> bool {
-    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE)
 }
 
 /// The size of the request head as received (request line and fields).

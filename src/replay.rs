@@ -40,17 +40,25 @@ impl UpstreamBody {
     }
 }
 
+/// Reading the client's body failed: the client went away mid-upload (or
+/// sent a broken chunk). A distinct type, so that the failure of the request
+/// to Truedat it causes is blamed on the client (499), not on Truedat.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body ended early: {0}")]
+pub struct ClientBodyError(#[source] pub hyper::Error);
+
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ClientBodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            UpstreamBody::Empty => Poll::Ready(None),
-            UpstreamBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            UpstreamBody::Tape(tape) => Pin::new(tape).poll_frame(cx),
-            UpstreamBody::Replay(replay) => Pin::new(replay).poll_frame(cx),
-        }
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        let frame = match self.get_mut() {
+            UpstreamBody::Empty => return Poll::Ready(None),
+            UpstreamBody::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            UpstreamBody::Tape(tape) => ready!(Pin::new(tape).poll_frame(cx)),
+            UpstreamBody::Replay(replay) => ready!(Pin::new(replay).poll_frame(cx)),
+        };
+        Poll::Ready(frame.map(|f| f.map_err(ClientBodyError)))
     }
 
     fn is_end_stream(&self) -> bool {

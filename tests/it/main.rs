@@ -10,6 +10,7 @@ mod egress;
 mod fake_truedat;
 mod faults;
 mod forwarding;
+mod hardening;
 mod lifecycle;
 mod operations;
 mod policy;

@@ -215,6 +215,16 @@ impl FakeTruedat {
         self.state.logouts()
     }
 
+    /// `GET /api/sessions` received (the proxy's check of a token after a 401).
+    pub fn session_checks(&self) -> usize {
+        self.state.session_checks()
+    }
+
+    /// Access sessions still alive in the allowlist (td-auth's Redis).
+    pub fn live_sessions(&self) -> usize {
+        self.state.sessions.live_access_sessions(now_secs())
+    }
+
     /// Every `POST /api/sessions` received, in order of arrival.
     pub fn login_requests(&self) -> Vec<RecordedRequest> {
         self.state.login_requests()

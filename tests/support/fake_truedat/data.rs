@@ -65,6 +65,8 @@ async fn route(parts: &Parts, summary: &BodySummary) -> Reply {
     let query = parts.uri.query();
     match parts.uri.path() {
         "/api/forbidden" => body::error_detail(StatusCode::FORBIDDEN, "Invalid authorization"),
+        // A 401 that is not about the bearer (which Guardian accepted above).
+        "/api/not_yours" => body::error_detail(StatusCode::UNAUTHORIZED, "Not yours"),
         "/api/slow" => slow(parts, summary).await,
         "/api/download" => download(query),
         "/api/upload" => {

@@ -32,6 +32,7 @@ pub(super) struct State {
     login_attempts: AtomicUsize,
     refreshes: AtomicUsize,
     logouts: AtomicUsize,
+    session_checks: AtomicUsize,
     login_requests: Mutex<Vec<RecordedRequest>>,
     data_requests: Mutex<Vec<RecordedRequest>>,
 }
@@ -55,6 +56,7 @@ impl State {
             login_attempts: AtomicUsize::new(0),
             refreshes: AtomicUsize::new(0),
             logouts: AtomicUsize::new(0),
+            session_checks: AtomicUsize::new(0),
             login_requests: Mutex::default(),
             data_requests: Mutex::default(),
         }
@@ -106,6 +108,14 @@ impl State {
 
     pub(super) fn count_logout(&self) {
         self.logouts.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(super) fn count_session_check(&self) {
+        self.session_checks.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(super) fn session_checks(&self) -> usize {
+        self.session_checks.load(Ordering::SeqCst)
     }
 
     pub(super) fn login_attempts(&self) -> usize {
