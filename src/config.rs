@@ -58,6 +58,7 @@ pub struct Config {
     pub credentials: Credentials,
     pub token: TokenSettings,
     pub proxy: ProxySettings,
+    pub retry: RetrySettings,
     pub shutdown: ShutdownSettings,
     pub log: Log,
     pub runtime: Runtime,
@@ -141,6 +142,9 @@ pub struct Upstream {
     pub ca_file: Option<PathBuf>,
     pub connect_timeout: Dur,
     pub request_timeout: Dur,
+    /// Silence inside a response body longer than this cuts the transfer;
+    /// `request_timeout` only covers the wait for the headers.
+    pub body_idle_timeout: Dur,
     pub pool_idle_timeout: Dur,
     pub client_cert_file: Option<PathBuf>,
     pub client_key_file: Option<PathBuf>,
@@ -156,6 +160,7 @@ impl Default for Upstream {
             ca_file: None,
             connect_timeout: Dur::secs(5),
             request_timeout: Dur::secs(60),
+            body_idle_timeout: Dur::secs(60),
             pool_idle_timeout: Dur::secs(90),
             client_cert_file: None,
             client_key_file: None,
@@ -251,6 +256,38 @@ impl Default for ProxySettings {
     }
 }
 
+/// Retries of transient upstream failures (SPEC §4, Retries).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySettings {
+    /// Retries happen only while less than this has passed since the request
+    /// arrived; zero turns retries off.
+    pub window: Dur,
+    /// First pause between tries of one request, doubled (with jitter) up to `backoff_max`.
+    pub backoff_initial: Dur,
+    pub backoff_max: Dur,
+    /// Statuses from Truedat or its ingress that count as transient (400–599).
+    pub on_status: Vec<u16>,
+    /// Retries may add at most this fraction to the requests of the last 10 s…
+    pub budget_ratio: f64,
+    /// …plus this many retries per second, so that an outage is not
+    /// multiplied by the proxy.
+    pub budget_min_per_second: u32,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        RetrySettings {
+            window: Dur::secs(10),
+            backoff_initial: Dur::millis(100),
+            backoff_max: Dur::secs(2),
+            on_status: vec![502, 503, 504],
+            budget_ratio: 0.2,
+            budget_min_per_second: 10,
+        }
+    }
+}
+
 /// Graceful shutdown timings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -338,6 +375,7 @@ impl Config {
         self.validate_credentials(&mut problems);
         self.validate_token(&mut problems);
         self.validate_proxy(&mut problems);
+        self.validate_retry(&mut problems);
         if !(1..=64).contains(&self.runtime.worker_threads) {
             problems.push("runtime.worker_threads: must be between 1 and 64".to_owned());
         }
@@ -391,6 +429,7 @@ impl Config {
         for (key, value) in [
             ("upstream.connect_timeout", upstream.connect_timeout),
             ("upstream.request_timeout", upstream.request_timeout),
+            ("upstream.body_idle_timeout", upstream.body_idle_timeout),
         ] {
             require_positive(problems, key, value);
         }
@@ -460,7 +499,38 @@ impl Config {
             problems.push("proxy.max_request_header_bytes: must be between 1KiB and 1MiB".to_owned());
         }
     }
+
+    fn validate_retry(&self, problems: &mut Vec<String>) {
+        let retry = &self.retry;
+        require_positive(problems, "retry.backoff_initial", retry.backoff_initial);
+        require_positive(problems, "retry.backoff_max", retry.backoff_max);
+        if retry.backoff_initial > retry.backoff_max {
+            problems.push(format!(
+                "retry.backoff_initial: {} is longer than retry.backoff_max ({})",
+                retry.backoff_initial, retry.backoff_max
+            ));
+        }
+        let outside: Vec<String> =
+            retry.on_status.iter().filter(|s| !(400..=599).contains(*s)).map(u16::to_string).collect();
+        if !outside.is_empty() {
+            problems.push(format!(
+                "retry.on_status: {} outside 400–599; only error statuses can be transient",
+                outside.join(", ")
+            ));
+        }
+        // tower's TpsBudget, which enforces the budget, accepts 0 to 1000.
+        if !(retry.budget_ratio.is_finite() && (0.0..=MAX_BUDGET_RATIO).contains(&retry.budget_ratio)) {
+            problems.push(format!(
+                "retry.budget_ratio: {} must be a number from 0 to {MAX_BUDGET_RATIO} (0.2 lets retries add 20%)",
+                retry.budget_ratio
+            ));
+        }
+    }
 }
+
+/// The largest `retry.budget_ratio`: a retry budget of 1000 times the traffic
+/// is no budget at all, and the budget's implementation refuses more.
+const MAX_BUDGET_RATIO: f64 = 1000.0;
 
 fn require_positive(problems: &mut Vec<String>, key: &str, value: Dur) {
     if value.0.is_zero() {
@@ -506,6 +576,7 @@ fn every_problem(figment: &Figment, first: figment::Error) -> Invalid {
         section::<Credentials>(figment, "credentials"),
         section::<TokenSettings>(figment, "token"),
         section::<ProxySettings>(figment, "proxy"),
+        section::<RetrySettings>(figment, "retry"),
         section::<ShutdownSettings>(figment, "shutdown"),
         section::<Log>(figment, "log"),
         section::<Runtime>(figment, "runtime"),
@@ -626,6 +697,12 @@ mod tests {
         assert_eq!(c.proxy.max_request_header_bytes.to_string(), "64KiB");
         assert_eq!(c.credentials.access_method, "alternative_login");
         assert!(c.token.logout_on_shutdown);
+        assert_eq!(c.upstream.body_idle_timeout.to_string(), "1m");
+        assert_eq!(c.retry.window.to_string(), "10s");
+        assert_eq!(c.retry.backoff_initial.to_string(), "100ms");
+        assert_eq!(c.retry.backoff_max.to_string(), "2s");
+        assert_eq!(c.retry.on_status, [502, 503, 504]);
+        assert_eq!((c.retry.budget_ratio, c.retry.budget_min_per_second), (0.2, 10));
     }
 
     #[test]
@@ -650,6 +727,58 @@ mod tests {
         ] {
             assert!(problems.iter().any(|p| p.starts_with(key)), "{key} missing from {problems:?}");
         }
+    }
+
+    #[test]
+    fn retry_and_body_idle_problems_name_their_keys() {
+        type Break = fn(&mut Config);
+        let cases: [(&str, Break); 7] = [
+            ("upstream.body_idle_timeout", |c| c.upstream.body_idle_timeout = Dur::secs(0)),
+            ("retry.on_status", |c| c.retry.on_status = vec![503, 302]),
+            ("retry.on_status", |c| c.retry.on_status = vec![600]),
+            ("retry.budget_ratio", |c| c.retry.budget_ratio = -0.1),
+            ("retry.budget_ratio", |c| c.retry.budget_ratio = f64::NAN),
+            ("retry.budget_ratio", |c| c.retry.budget_ratio = f64::INFINITY),
+            ("retry.backoff_initial", |c| c.retry.backoff_initial = Dur::secs(3)),
+        ];
+        for (key, break_it) in cases {
+            let mut c = minimal();
+            break_it(&mut c);
+            let problems = c.validate().unwrap_err().0;
+            assert_eq!(problems.len(), 1, "{key}: {problems:?}");
+            assert!(problems[0].starts_with(&format!("{key}: ")), "{key}: {problems:?}");
+        }
+    }
+
+    #[test]
+    fn retry_edges_are_valid() {
+        let mut c = minimal();
+        c.retry.window = Dur::secs(0);
+        c.retry.on_status = vec![400, 429, 599];
+        c.retry.budget_ratio = 0.0;
+        c.retry.budget_min_per_second = 0;
+        c.retry.backoff_initial = c.retry.backoff_max;
+        c.validate().unwrap();
+        c.retry.on_status.clear();
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn retry_values_come_from_toml_and_bad_ones_name_the_key() {
+        let figment = Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(
+            "[retry]\nwindow = \"0s\"\non_status = [503]\nbudget_ratio = 0.5\nbudget_min_per_second = 3\n",
+        ));
+        let c: Config = figment.extract().unwrap();
+        assert_eq!((c.retry.window, c.retry.on_status, c.retry.budget_ratio), (Dur::secs(0), vec![503], 0.5));
+        assert_eq!(c.retry.budget_min_per_second, 3);
+
+        let figment = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string("[retry]\non_status = [\"503\"]\n[upstream]\nbody_idle_timeout = \"soon\"\n"));
+        let first = figment.extract::<Config>().unwrap_err();
+        let lines = every_problem(&figment, first).0;
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines.iter().any(|l| l.starts_with("retry.on_status")), "{lines:?}");
+        assert!(lines.iter().any(|l| l.starts_with("upstream.body_idle_timeout: ")), "{lines:?}");
     }
 
     #[test]
