@@ -8,6 +8,7 @@ mod cli;
 mod deploy;
 mod egress;
 mod fake_truedat;
+mod fake_truedat_fleet;
 mod faults;
 mod forwarding;
 mod hardening;

@@ -14,14 +14,18 @@
 //! - `body`, `query`: response shapes, streaming bodies, query parameters
 //! - `faults`, `conn`, `idle_close`: data-route faults ([`DataFault`]), connections ended
 //!   from a handler (reset or quiet close), keep-alive connections closed after each response
+//! - `fleet`, `restart`: what many sidecars cost td-auth ([`PasswordCheck`], audit events,
+//!   pings) and a restart on the same port
 
 mod auth;
 mod body;
 mod conn;
 mod data;
 mod faults;
+mod fleet;
 mod idle_close;
 mod query;
+mod restart;
 mod router;
 mod server;
 mod sessions;
@@ -41,6 +45,8 @@ use tokio_util::sync::CancellationToken;
 // Not every test binary uses every fault.
 #[allow(unused_imports)]
 pub use faults::{DataFault, STALL_BODY_LEN, STALL_SENT_LEN};
+#[allow(unused_imports)]
+pub use fleet::{LoginRecord, PasswordCheck};
 use state::State;
 
 /// How the fake starts; the run-time switches are methods of [`FakeTruedat`].

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::faults::Faults;
+use super::fleet::Fleet;
 use super::sessions::SessionStore;
 use super::{FakeConfig, LoginMode, RecordedRequest, lock};
 
@@ -23,6 +24,8 @@ pub(super) struct State {
     pub(super) sessions: SessionStore,
     /// Faults of the data routes and the switches of long runs.
     pub(super) faults: Faults,
+    /// The password-check cost model and the fleet-scale counters.
+    pub(super) fleet: Fleet,
     /// Changed by tests while requests are in flight (password rotation, short tokens).
     settings: Mutex<Settings>,
     /// A `watch` so that logins parked by [`LoginMode::Hang`] wake when the mode changes.
@@ -50,6 +53,7 @@ impl State {
             legacy_refresh_in_body: config.legacy_refresh_in_body,
             sessions: SessionStore::new(),
             faults: Faults::new(),
+            fleet: Fleet::default(),
             settings: Mutex::new(Settings { password: config.password, token_ttl: config.token_ttl }),
             login_mode: watch::Sender::new(LoginMode::Normal),
             logins: watch::Sender::new(0),
