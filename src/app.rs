@@ -81,14 +81,7 @@ impl App {
         let sessions =
             Arc::new(Sessions::new(client.clone(), origin.clone(), &config.credentials, token.login_timeout.0));
         let liveness = Liveness::new(sessions.clone());
-        let proxy = Arc::new(Proxy::new(
-            auth.clone(),
-            liveness,
-            client,
-            origin,
-            &config.proxy,
-            config.upstream.request_timeout.0,
-        ));
+        let proxy = Arc::new(Proxy::new(auth.clone(), liveness, client, &config));
         telemetry::metrics_handle();
         Ok(App { config, listeners: Some((proxy_listener, admin_listener)), auth, proxy, sessions, bound })
     }

@@ -33,6 +33,7 @@ pub mod origin;
 pub mod paths;
 pub mod proxy;
 pub mod replay;
+pub mod retry;
 pub mod server;
 pub mod telemetry;
 pub mod units;

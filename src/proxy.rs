@@ -1,11 +1,12 @@
 //! The forwarding handler: checks the request against the policy, injects the
-//! bearer, streams the request to Truedat and the response back, and replays
-//! the request once after a 401.
+//! bearer, streams the request to Truedat and the response back, retries
+//! transient failures as [`retry`](crate::retry) decides, and replays the
+//! request once after a 401 that killed the token.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::header::{CONTENT_LENGTH, ORIGIN, TRANSFER_ENCODING};
 use http::request::Parts;
@@ -19,17 +20,18 @@ use crate::access::Exchange;
 use crate::auth::liveness::Liveness;
 use crate::auth::{Auth, Credential};
 use crate::body::{ProxyBody, Streamed};
-use crate::config::ProxySettings;
+use crate::config::Config;
 use crate::error::ProxyError;
 use crate::headers::{self, REQUEST_ID};
 use crate::origin::Origin;
 use crate::paths::{PathPolicy, Refusal};
-use crate::replay::{self, Kept, UpstreamBody};
+use crate::replay::{self, Kept, Resend, UpstreamBody};
+use crate::retry::{Decision, Failure, RetryPolicy, Try};
 use crate::telemetry::{self, InFlight, MethodLabel};
 use crate::upstream::{self, FailureKind, HttpClient};
 
-/// How long to wait, after a 401, for hyper to hand back the first attempt's
-/// body. It is handed back as soon as hyper drops it, normally at once.
+/// How long to wait for hyper to hand back a try's body before sending it
+/// again. It is handed back as soon as hyper drops it, normally at once.
 const BODY_RETURN_WAIT: Duration = Duration::from_secs(5);
 
 /// The forwarding service shared by every connection.
@@ -40,7 +42,11 @@ pub struct Proxy {
     client: HttpClient,
     origin: Origin,
     policy: Policy,
+    retry: RetryPolicy,
+    /// Until Truedat's response headers arrive.
     request_timeout: Duration,
+    /// Longest silence inside a response body.
+    body_idle_timeout: Duration,
     /// Requests being answered, for the drain report at shutdown.
     in_flight: Arc<AtomicUsize>,
 }
@@ -54,16 +60,26 @@ struct Policy {
     max_head: u64,
 }
 
+/// The outcome of sending a request, retries included.
+struct Sent {
+    result: Result<Response<Incoming>, ProxyError>,
+    /// Where the last try's body comes back (`None`: no body), for a replay.
+    kept: Option<oneshot::Receiver<Kept>>,
+}
+
+/// What is sent with every try of one request.
+struct Outgoing<'a> {
+    parts: &'a Parts,
+    credential: &'a Credential,
+    declared_len: Option<u64>,
+    arrived: Instant,
+}
+
 impl Proxy {
-    /// A proxy to `origin` through `client`, authenticating with `auth`.
-    pub fn new(
-        auth: Arc<Auth>,
-        liveness: Liveness,
-        client: HttpClient,
-        origin: Origin,
-        settings: &ProxySettings,
-        request_timeout: Duration,
-    ) -> Proxy {
+    /// A proxy to `config`'s origin through `client`, authenticating with
+    /// `auth`. `config` must have passed `Config::validate`.
+    pub fn new(auth: Arc<Auth>, liveness: Liveness, client: HttpClient, config: &Config) -> Proxy {
+        let settings = &config.proxy;
         let methods = settings
             .allow_methods
             .iter()
@@ -76,20 +92,31 @@ impl Proxy {
             replay_limit: settings.replay_body_limit.0,
             max_head: settings.max_request_header_bytes.0,
         };
-        Proxy { auth, liveness, client, origin, policy, request_timeout, in_flight: Arc::default() }
+        Proxy {
+            auth,
+            liveness,
+            client,
+            origin: config.origin(),
+            policy,
+            retry: RetryPolicy::new(&config.retry),
+            request_timeout: config.upstream.request_timeout.0,
+            body_idle_timeout: config.upstream.body_idle_timeout.0,
+            in_flight: Arc::default(),
+        }
     }
 
     /// Answers one client request; every failure becomes a JSON error.
     pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+        let arrived = Instant::now();
         let in_flight = InFlight::start(&self.in_flight);
         let request_id = request_id(request.headers());
         let mut exchange =
             Exchange::start(MethodLabel::of(request.method()), request.uri().clone(), request_id.clone());
-        let mut response = match self.forward(request, &request_id, &mut exchange).await {
+        let mut response = match self.forward(request, &request_id, arrived, &mut exchange).await {
             Ok(mut response) => {
                 exchange.upstream_status = Some(response.status());
                 headers::to_client(response.headers_mut());
-                response.map(|body| Either::Left(Streamed::new(body, self.request_timeout, in_flight)))
+                response.map(|body| Either::Left(Streamed::new(body, self.body_idle_timeout, in_flight)))
             }
             Err(error) => error.into_response(),
         };
@@ -102,36 +129,94 @@ impl Proxy {
         &self,
         request: Request<Incoming>,
         request_id: &HeaderValue,
+        arrived: Instant,
         exchange: &mut Exchange,
     ) -> Result<Response<Incoming>, ProxyError> {
         self.policy.check(&request)?;
+        self.retry.deposit();
         let credential = self.auth.credential().await.ok_or_else(|| self.no_token())?;
         let (mut parts, body) = request.into_parts();
         let target = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         parts.uri =
             self.origin.join(&target).map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded"))?;
         parts.headers.insert(REQUEST_ID.clone(), request_id.clone());
-        let declared_len = content_length(&parts.headers);
-        let (body, kept) = self.first_body(body);
-        let replay_parts = clone_parts(&parts);
-        exchange.attempts += 1;
-        let response = match self.send(parts, body, &credential).await {
-            // A pooled connection Truedat had already closed: RFC 9110 §9.2.2
-            // lets an idempotent request without a body be sent again.
-            Err(ProxyError::Upstream(FailureKind::Protocol))
-                if kept.is_none() && is_idempotent(&replay_parts.method) =>
-            {
-                tracing::debug!("connection to Truedat broke before an answer; retrying the idempotent request once");
-                exchange.attempts += 1;
-                self.send(clone_parts(&replay_parts), UpstreamBody::Empty, &credential).await?
-            }
-            result => result?,
-        };
+        let outgoing =
+            Outgoing { parts: &parts, credential: &credential, declared_len: content_length(&parts.headers), arrived };
+        let body = (!body.is_end_stream()).then(|| Resend::new(body));
+        let Sent { result, kept } = self.send_with_retries(&outgoing, body, exchange).await;
+        let response = result?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
         exchange.upstream_status = Some(response.status());
-        self.after_unauthorized(response, credential, replay_parts, kept, declared_len, exchange).await
+        self.after_unauthorized(response, &outgoing, kept, exchange).await
+    }
+
+    /// Sends the request, and again while a try fails in a way SPEC §4
+    /// calls transient and the retry policy allows it.
+    async fn send_with_retries(
+        &self,
+        outgoing: &Outgoing<'_>,
+        mut body: Option<Resend>,
+        exchange: &mut Exchange,
+    ) -> Sent {
+        let mut retries = 0;
+        loop {
+            let (upstream_body, kept) = match body.take() {
+                None => (UpstreamBody::Empty, None),
+                Some(body) => {
+                    let (tape, kept) = replay::tape(body, self.policy.replay_limit);
+                    (UpstreamBody::Tape(tape), Some(kept))
+                }
+            };
+            exchange.attempts += 1;
+            let result = self.send(clone_parts(outgoing.parts), upstream_body, outgoing.credential).await;
+            let head = match &result {
+                Ok(response) if self.retry.is_transient(response.status()) => Some(response.headers().clone()),
+                _ => None,
+            };
+            let Some(failure) = transient(&result, head.as_ref()) else {
+                return Sent { result, kept };
+            };
+            let mut attempt = Try {
+                method: &outgoing.parts.method,
+                resendable: true,
+                failure,
+                elapsed: outgoing.arrived.elapsed(),
+                retries,
+            };
+            if !self.retry.could_retry(&attempt) {
+                return Sent { result, kept };
+            }
+            let next = match kept {
+                None => Some(None),
+                Some(kept) => self.take_back(kept, outgoing.declared_len).await.map(Some),
+            };
+            attempt.resendable = next.is_some();
+            let Decision::Retry { after, reason } = self.retry.decide(&attempt, rand::random()) else {
+                return Sent { result, kept: None };
+            };
+            tracing::debug!(
+                reason = reason.label(),
+                retry_in_ms = after.as_millis() as u64,
+                "retrying a transient failure"
+            );
+            telemetry::record_retry(reason.label());
+            // A discarded response is dropped unread: hyper then closes its
+            // connection instead of pooling one in the middle of a body.
+            drop(result);
+            tokio::time::sleep(after).await;
+            body = next.flatten();
+            retries += 1;
+        }
+    }
+
+    /// The body a finished try kept, ready to be sent again, if it can be.
+    async fn take_back(&self, kept: oneshot::Receiver<Kept>, declared_len: Option<u64>) -> Option<Resend> {
+        match tokio::time::timeout(BODY_RETURN_WAIT, kept).await {
+            Ok(Ok(kept)) => kept.into_resend(declared_len, self.policy.replay_limit),
+            _ => None,
+        }
     }
 
     /// Truedat said 401. If the token is dead (SPEC §3.4), log in again
@@ -141,45 +226,31 @@ impl Proxy {
     async fn after_unauthorized(
         &self,
         response: Response<Incoming>,
-        credential: Credential,
-        parts: Parts,
+        outgoing: &Outgoing<'_>,
         kept: Option<oneshot::Receiver<Kept>>,
-        declared_len: Option<u64>,
         exchange: &mut Exchange,
     ) -> Result<Response<Incoming>, ProxyError> {
-        if !self.auth.known_dead(credential.generation) && self.liveness.is_alive(&credential).await {
+        let generation = outgoing.credential.generation;
+        if !self.auth.known_dead(generation) && self.liveness.is_alive(outgoing.credential).await {
             return Ok(response);
         }
         let body = match kept {
-            None => Some(UpstreamBody::Empty),
-            Some(kept) => match tokio::time::timeout(BODY_RETURN_WAIT, kept).await {
-                Ok(Ok(kept)) => kept.into_replay(declared_len, self.policy.replay_limit).map(UpstreamBody::Replay),
-                _ => None,
-            },
+            None => Some(None),
+            Some(kept) => self.take_back(kept, outgoing.declared_len).await.map(Some),
         };
-        self.auth.report_unauthorized(credential.generation);
+        self.auth.report_unauthorized(generation);
         let Some(body) = body else {
             // Too large to replay: the client gets Truedat's 401; the login
             // still happens, for the next requests.
             return Ok(response);
         };
-        let credential = self.auth.successor(credential.generation).await.ok_or_else(|| self.no_token())?;
+        let credential = self.auth.successor(generation).await.ok_or_else(|| self.no_token())?;
         drop(response);
         exchange.replayed = true;
-        exchange.attempts += 1;
-        let replayed = self.send(parts, body, &credential).await;
+        let replay = Outgoing { credential: &credential, ..*outgoing };
+        let replayed = self.send_with_retries(&replay, body, exchange).await.result;
         telemetry::record_replay(replayed.as_ref().is_ok_and(|r| r.status() != StatusCode::UNAUTHORIZED));
         replayed
-    }
-
-    /// The client's body for the first attempt, and where its kept copy will
-    /// come back (`None`: no body, nothing to keep).
-    fn first_body(&self, body: Incoming) -> (UpstreamBody, Option<oneshot::Receiver<Kept>>) {
-        if body.is_end_stream() {
-            return (UpstreamBody::Empty, None);
-        }
-        let (tape, kept) = replay::tape(body, self.policy.replay_limit);
-        (UpstreamBody::Tape(tape), Some(kept))
     }
 
     /// One attempt: bearer in, bounded wait for the response headers.
@@ -296,9 +367,19 @@ fn is_from_browser(headers: &HeaderMap) -> bool {
     headers.contains_key(ORIGIN) || headers.keys().any(|name| name.as_str().starts_with("sec-fetch-"))
 }
 
-/// RFC 9110 §9.2.2: methods whose repetition has the effect of one request.
-fn is_idempotent(method: &Method) -> bool {
-    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE)
+/// What about a try's outcome could be transient (SPEC §4), `None` when it
+/// is final: a success, a 401 (the replay's business), the client gone.
+fn transient<'a>(result: &Result<Response<Incoming>, ProxyError>, head: Option<&'a HeaderMap>) -> Option<Failure<'a>> {
+    match result {
+        Ok(response) => head.map(|headers| Failure::Status(response.status(), headers)),
+        // Raised by the connector: nothing of the request reached Truedat.
+        Err(ProxyError::Upstream(FailureKind::Connect | FailureKind::Tls | FailureKind::Timeout)) => {
+            Some(Failure::Connect)
+        }
+        Err(ProxyError::Upstream(FailureKind::Protocol)) => Some(Failure::Reset),
+        Err(ProxyError::Timeout) => Some(Failure::Timeout),
+        Err(_) => None,
+    }
 }
 
 /// The size of the request head as received (request line and fields).

@@ -17,5 +17,6 @@ mod operations;
 mod policy;
 mod properties;
 mod refresh;
+mod retries;
 mod secrets;
 mod tls;

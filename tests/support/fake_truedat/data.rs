@@ -39,6 +39,9 @@ pub(super) async fn handle(state: &State, request: Request<Incoming>) -> Reply {
     if !summary.complete {
         return bad_request();
     }
+    if let Some(reply) = state.outages.apply(parts.extensions.get::<ConnHandle>()).await {
+        return reply;
+    }
     if let Verdict::Answer(reply) = state.faults.apply(&parts.headers, parts.extensions.get::<ConnHandle>()).await {
         return reply;
     }

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use super::faults::Faults;
 use super::fleet::Fleet;
+use super::outage::Outages;
 use super::sessions::SessionStore;
 use super::{FakeConfig, LoginMode, RecordedRequest, lock};
 
@@ -24,6 +25,7 @@ pub(super) struct State {
     pub(super) sessions: SessionStore,
     /// Faults of the data routes and the switches of long runs.
     pub(super) faults: Faults,
+    pub(super) outages: Outages,
     /// The password-check cost model and the fleet-scale counters.
     pub(super) fleet: Fleet,
     /// Changed by tests while requests are in flight (password rotation, short tokens).
@@ -53,6 +55,7 @@ impl State {
             legacy_refresh_in_body: config.legacy_refresh_in_body,
             sessions: SessionStore::new(),
             faults: Faults::new(),
+            outages: Outages::default(),
             fleet: Fleet::default(),
             settings: Mutex::new(Settings { password: config.password, token_ttl: config.token_ttl }),
             login_mode: watch::Sender::new(LoginMode::Normal),
