@@ -10,9 +10,10 @@ use std::time::Duration;
 use super::cases::{Case, Group, Upstream, Via};
 use super::nginx::{self, ProxyNginx, UpstreamNginx};
 use super::ours::Ours;
-use super::report::{Memory, Results, Sample};
+use super::report::{GroupMemory, Memory, Results, Sample};
 use super::sample::{self, RssPeak};
 use super::settings::Settings;
+use super::support::process::descriptors;
 use super::{perf, stream, wrk};
 
 /// What every group shares.
@@ -128,7 +129,16 @@ pub fn run(context: &Context<'_>, group: Group, cases: &[Case], results: &mut Re
             }
         }
     }
-    results.memory.push((group, memory_nginx, memory_ours));
+    // Pooled connections outlive the load (upstream.pool_idle_timeout): with
+    // HTTP/2 negotiated there is one, with HTTP/1.1 one per concurrent request.
+    let upstream_port = context.upstream.port_for(group.upstream);
+    let pooled = descriptors(ours.process.pid(), upstream_port).to_port;
+    results.memory.push(GroupMemory {
+        group,
+        nginx: memory_nginx,
+        ours: memory_ours,
+        ours_upstream_connections: pooled,
+    });
 
     match ours.logins() {
         Ok(logins) if logins <= 1.0 => {}

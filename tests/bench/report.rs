@@ -39,6 +39,16 @@ pub struct Memory {
     pub at_256_kib: Option<u64>,
 }
 
+/// What a group's proxies cost in memory.
+pub struct GroupMemory {
+    pub group: Group,
+    pub nginx: Memory,
+    pub ours: Memory,
+    /// truedat-auth-proxy's connections to the upstream after the load (one
+    /// when HTTP/2 was negotiated).
+    pub ours_upstream_connections: usize,
+}
+
 /// Where and on what a run happened.
 pub struct Environment {
     pub cpus: usize,
@@ -60,7 +70,7 @@ pub struct Results {
     pub perf: HashMap<(String, Via), (perf::Counts, u64)>,
     /// Why perf columns are missing, when they are.
     pub perf_skipped: Option<String>,
-    pub memory: Vec<(Group, Memory, Memory)>,
+    pub memory: Vec<GroupMemory>,
     pub streaming: Option<Streaming>,
     pub ready: Vec<Duration>,
     pub binary_bytes: u64,
@@ -213,7 +223,7 @@ impl Results {
     fn render_memory(&self, out: &mut String) {
         let _ = writeln!(
             out,
-            "Memory (VmRSS in MiB, nginx = master + workers; at 256 = peak sampled every 50 ms during the 256-connection runs; per connection = (at 256 - idle) / 256, in KiB):\n"
+            "Memory (VmRSS in MiB, nginx = master + workers; at 256 = peak sampled every 50 ms during the 256-connection runs; per connection = (at 256 - idle) / 256, in KiB; ours' pooled connections to the upstream after the load, one when HTTP/2 was negotiated):\n"
         );
         let mut table = Table::new(&[
             "proxies",
@@ -223,19 +233,21 @@ impl Results {
             "at 256 ours",
             "per connection nginx",
             "per connection ours",
+            "upstream connections ours",
         ]);
         let mib = |kib: Option<u64>| fixed(kib.map(|k| k as f64 / 1024.0), 1);
         let per_connection =
             |m: &Memory| fixed(m.at_256_kib.map(|peak| peak.saturating_sub(m.idle_kib) as f64 / 256.0), 1);
-        for (group, nginx, ours) in &self.memory {
+        for m in &self.memory {
             table.row(vec![
-                group.to_string(),
-                mib(Some(nginx.idle_kib)),
-                mib(Some(ours.idle_kib)),
-                mib(nginx.at_256_kib),
-                mib(ours.at_256_kib),
-                per_connection(nginx),
-                per_connection(ours),
+                m.group.to_string(),
+                mib(Some(m.nginx.idle_kib)),
+                mib(Some(m.ours.idle_kib)),
+                mib(m.nginx.at_256_kib),
+                mib(m.ours.at_256_kib),
+                per_connection(&m.nginx),
+                per_connection(&m.ours),
+                m.ours_upstream_connections.to_string(),
             ]);
         }
         let _ = writeln!(out, "{}", table.render());
