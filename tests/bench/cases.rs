@@ -53,13 +53,18 @@ pub struct Group {
     /// nginx's `worker_processes` and ours' `runtime.worker_threads`: the
     /// same CPU budget for both.
     pub workers: u32,
+    /// Both proxies write an access-log line per request (nginx's default
+    /// `combined` log, ours at its default `log.level = "info"`); otherwise
+    /// neither does (nginx `access_log off`, ours at `"warn"`).
+    pub access_log: bool,
 }
 
 impl fmt::Display for Group {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let each =
             if self.workers == 1 { "one nginx worker vs one thread" } else { "two nginx workers vs two threads" };
-        write!(f, "{}, {each}", self.upstream.describe())
+        let logs = if self.access_log { ", access logs on" } else { "" };
+        write!(f, "{}, {each}{logs}", self.upstream.describe())
     }
 }
 
@@ -98,7 +103,9 @@ pub struct Case {
 impl Case {
     /// Unique name, for `BENCH_CASES` and progress lines: `plain-w1-get-c16`.
     pub fn name(&self) -> String {
-        format!("{}-w{}-{}-c{}", self.group.upstream.name(), self.group.workers, self.request.name, self.connections)
+        let logs = if self.group.access_log { "-log" } else { "" };
+        let (upstream, workers) = (self.group.upstream.name(), self.group.workers);
+        format!("{upstream}-w{workers}{logs}-{}-c{}", self.request.name, self.connections)
     }
 
     /// As the report's first column says it.
@@ -108,7 +115,8 @@ impl Case {
         let workers =
             if self.group.workers == 1 { String::new() } else { format!(", {} workers/threads", self.group.workers) };
         let request = if self.request == SMALL_JSON { String::new() } else { format!(", {}", self.request.describe) };
-        format!("{}{workers}{request}, {connections}", self.group.upstream.describe())
+        let logs = if self.group.access_log { ", access logs on" } else { "" };
+        format!("{}{workers}{logs}{request}, {connections}", self.group.upstream.describe())
     }
 
     /// Whether this case's name is in `filter` (`None`: every case is).
@@ -123,11 +131,14 @@ impl Case {
     }
 }
 
-/// Every case, in report order: the table, plus a POST and a large
-/// answer on the plain upstream.
+/// Every case, in report order: the table, plus a POST, a large
+/// answer and access logs on, on the plain upstream.
 pub fn all() -> Vec<Case> {
-    let case =
-        |upstream, workers, connections, request| Case { group: Group { upstream, workers }, connections, request };
+    let case = |upstream, workers, connections, request| Case {
+        group: Group { upstream, workers, access_log: false },
+        connections,
+        request,
+    };
     let mut cases = Vec::new();
     for connections in [1, 16, 256] {
         cases.push(case(Upstream::Plain, 1, connections, SMALL_JSON));
@@ -137,6 +148,9 @@ pub fn all() -> Vec<Case> {
     for connections in [16, 256] {
         cases.push(case(Upstream::Plain, 2, connections, SMALL_JSON));
     }
+    // What users run by default: one log line per request on both sides.
+    let logged = Group { upstream: Upstream::Plain, workers: 1, access_log: true };
+    cases.push(Case { group: logged, connections: 16, request: SMALL_JSON });
     for upstream in [Upstream::TlsHttp1, Upstream::TlsHttp2] {
         for connections in [1, 16, 256] {
             cases.push(case(upstream, 1, connections, SMALL_JSON));

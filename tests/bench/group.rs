@@ -77,7 +77,9 @@ pub fn run(context: &Context<'_>, group: Group, cases: &[Case], results: &mut Re
     }
     forbidden_login(&targets[2], results);
 
-    if group == (Group { upstream: Upstream::Plain, workers: 1 }) && context.settings.stream_bytes > 0 {
+    if group == (Group { upstream: Upstream::Plain, workers: 1, access_log: false })
+        && context.settings.stream_bytes > 0
+    {
         eprintln!("== streaming {} MiB up and down", context.settings.stream_bytes >> 20);
         match stream::check(
             &targets[2].base_url,

@@ -15,10 +15,11 @@
 //! plain HTTP and on HTTPS (TLS 1.3; one listener offering HTTP/1.1, one
 //! offering HTTP/2 by ALPN; a CA made on the fly), then for each group of
 //! cases an nginx reverse proxy and the release binary of truedat-auth-proxy
-//! (`log.level = "warn"`) with the same number of workers / threads. Each
-//! case runs direct, through nginx and through ours, round after round. The
-//! Markdown report goes to stdout and to `target/bench/bench-UNIXTIME.md`
-//! (and `latest.md`); the run fails on any error through ours.
+//! (`log.level = "warn"`; one case turns access logs on for both) with the
+//! same number of workers / threads. Each case runs direct, through nginx
+//! and through ours, round after round. The Markdown report goes to stdout
+//! and to `target/bench/bench-UNIXTIME.md` (and `latest.md`); the run fails
+//! on any error through ours.
 //!
 //! | variable | default | |
 //! |---|---|---|
@@ -194,7 +195,8 @@ fn environment(settings: &Settings, nginx_binary: &Path, cases: &[Case]) -> Envi
         settings: format!(
             "wrk -t2 (-t1 at 1 connection), keep-alive, {} s per run, {} round(s), {} s warm-up; \
              upstream nginx with {} worker(s){}; nginx proxy keepalive 64, no access log; \
-             truedat-auth-proxy at log.level = \"warn\".",
+             truedat-auth-proxy at log.level = \"warn\" (where access logs are on: nginx's \
+             combined log to a file, ours at \"info\" to a file).",
             settings.run.as_secs(),
             settings.rounds,
             settings.warmup.as_secs(),

@@ -80,6 +80,11 @@ impl ProxyNginx {
     /// Starts it in `dir` (which holds `ca.pem`) in front of `upstream`.
     pub fn start(nginx: &Path, dir: &Path, group: Group, upstream: &UpstreamNginx, token: &str) -> ProxyNginx {
         let port = process::free_port();
+        let access_log = if group.access_log {
+            format!("{} combined", dir.join("nginx-proxy-access.log").display())
+        } else {
+            "off".to_owned()
+        };
         let conf = render(
             PROXY_TEMPLATE,
             &[
@@ -90,6 +95,7 @@ impl ProxyNginx {
                 ("UPSTREAM_PORT", upstream.port_for(group.upstream).to_string()),
                 ("KEEPALIVE", PROXY_KEEPALIVE.to_string()),
                 ("TOKEN", token.to_owned()),
+                ("ACCESS_LOG", access_log),
             ],
         );
         let process = start(nginx, dir, "nginx-proxy", &conf, &[port]);

@@ -1,6 +1,7 @@
 //! truedat-auth-proxy as benchmarked: the release binary Cargo built for this
 //! target, configured by a file only (no inherited `TRUEDAT_PROXY_*`
-//! variable), `log.level = "warn"`, the group's `runtime.worker_threads`.
+//! variable), `log.level = "warn"` (`"info"` when the group compares
+//! access logs), the group's `runtime.worker_threads`.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -47,14 +48,16 @@ user_name = "svc-bench"
 password = "bench-password"
 
 [log]
-level = "warn"
+level = "{level}"
 
 [runtime]
 worker_threads = {workers}
 "#,
-            workers = group.workers
+            workers = group.workers,
+            level = if group.access_log { "info" } else { "warn" },
         );
-        let name = format!("ours-{}-w{}", group.upstream.name(), group.workers);
+        let logs = if group.access_log { "-log" } else { "" };
+        let name = format!("ours-{}-w{}{logs}", group.upstream.name(), group.workers);
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(&config, toml).unwrap_or_else(|e| panic!("writing {}: {e}", config.display()));
         let log_path = dir.join(format!("{name}.log"));
