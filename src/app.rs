@@ -69,7 +69,7 @@ impl App {
     /// `config` must have passed `Config::validate`.
     pub async fn build(config: Config) -> Result<App, StartError> {
         let origin = config.origin();
-        let client = upstream::build(&config.upstream, &config.proxy_env, &origin)?;
+        let clients = upstream::build(&config.upstream, &config.proxy_env, &origin)?;
         let proxy_listener = bind("listen.address", config.listen.address).await?;
         let admin_listener = bind("admin.address", config.admin.address).await?;
         let bound = Bound {
@@ -79,9 +79,9 @@ impl App {
         let token = &config.token;
         let auth = Arc::new(Auth::new(token.first_token_wait.0, token.login_timeout.0));
         let sessions =
-            Arc::new(Sessions::new(client.clone(), origin.clone(), &config.credentials, token.login_timeout.0));
+            Arc::new(Sessions::new(clients.pool.clone(), origin.clone(), &config.credentials, token.login_timeout.0));
         let liveness = Liveness::new(sessions.clone());
-        let proxy = Arc::new(Proxy::new(auth.clone(), liveness, client, &config));
+        let proxy = Arc::new(Proxy::new(auth.clone(), liveness, &clients, &config));
         telemetry::metrics_handle();
         Ok(App { config, listeners: Some((proxy_listener, admin_listener)), auth, proxy, sessions, bound })
     }
@@ -132,7 +132,11 @@ impl App {
             header_read_timeout: self.config.listen.header_read_timeout.0,
             send_timeout: self.config.listen.send_timeout.0,
         };
-        let handler = move |request, _peer| proxy.clone().handle(request);
+        // Each client connection gets its own link to Truedat.
+        let handler = move |_peer| {
+            let (proxy, link) = (proxy.clone(), Arc::new(proxy.link()));
+            move |request| proxy.clone().handle(request, link.clone())
+        };
         tokio::spawn(server::serve(listener, handler, limits, stop, drain))
     }
 
@@ -149,7 +153,10 @@ impl App {
             header_read_timeout: Duration::from_secs(10),
             send_timeout: Duration::from_secs(10),
         };
-        let handler = move |request, peer| admin.clone().handle(request, peer);
+        let handler = move |peer| {
+            let admin = admin.clone();
+            move |request| admin.clone().handle(request, peer)
+        };
         // The admin port answers until the process exits: its connections are not drained.
         tokio::spawn(server::serve(listener, handler, limits, stop, Drain::default()))
     }

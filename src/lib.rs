@@ -29,6 +29,7 @@ pub mod body;
 pub mod config;
 pub mod error;
 pub mod headers;
+pub mod link;
 pub mod origin;
 pub mod paths;
 pub mod proxy;

@@ -10,14 +10,15 @@ use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{HeaderValue, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
 use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::pem::PemObject;
@@ -70,8 +71,18 @@ impl FailureKind {
     }
 }
 
-/// Builds the pooled client for `origin` from the `[upstream]` settings.
-pub fn build(settings: &Upstream, proxy_env: &ProxyEnv, origin: &Origin) -> Result<HttpClient, BuildError> {
+/// The ways to Truedat: one connector (TCP, TLS, egress proxy, connect
+/// timeout) for the client connections' own links, and the pooled client
+/// built on it for the session calls and for HTTP/2.
+#[derive(Clone)]
+pub struct Clients {
+    pub pool: HttpClient,
+    pub connector: Connector,
+}
+
+/// Builds the connector and the pooled client for `origin` from the
+/// `[upstream]` settings.
+pub fn build(settings: &Upstream, proxy_env: &ProxyEnv, origin: &Origin) -> Result<Clients, BuildError> {
     let tls = tls_config(settings, origin.is_https())?;
     let dial = Dial::new(settings, proxy_env, origin)?;
     let https = hyper_rustls::HttpsConnectorBuilder::new()
@@ -79,20 +90,31 @@ pub fn build(settings: &Upstream, proxy_env: &ProxyEnv, origin: &Origin) -> Resu
         .https_or_http()
         .enable_all_versions()
         .wrap_connector(dial);
-    let connector = Connector { inner: https, timeout: settings.connect_timeout.0 };
-    Ok(Client::builder(TokioExecutor::new())
+    let connector = Connector { inner: https, timeout: settings.connect_timeout.0, http2: Arc::default() };
+    let pool = Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(settings.pool_idle_timeout.0)
         // Host is filled from the request URI, always the origin's authority
         // (the proxy removes the client's Host header).
         .set_host(true)
-        .build(connector))
+        .build(connector.clone());
+    Ok(Clients { pool, connector })
 }
 
 /// Classifies a client error for the status, the metric and the log.
 pub fn classify(error: &hyper_util::client::legacy::Error) -> FailureKind {
-    cause_kind(error).unwrap_or(if error.is_connect() { FailureKind::Connect } else { FailureKind::Protocol })
+    if error.is_connect() { classify_connect(error) } else { classify_exchange(error) }
+}
+
+/// A failure to connect (TCP, TLS, egress proxy, connect timeout).
+pub fn classify_connect(error: &(dyn StdError + 'static)) -> FailureKind {
+    cause_kind(error).unwrap_or(FailureKind::Connect)
+}
+
+/// A failure on an established connection: broken, or a malformed answer.
+pub fn classify_exchange(error: &(dyn StdError + 'static)) -> FailureKind {
+    cause_kind(error).unwrap_or(FailureKind::Protocol)
 }
 
 /// A timeout or TLS failure anywhere in the chain of causes.
@@ -300,14 +322,28 @@ impl Service<Uri> for Dial {
 #[error("connecting to Truedat (TCP and TLS) took longer than {0:?}")]
 pub struct ConnectTimeout(Duration);
 
-/// `HttpsConnector` with one deadline over TCP connect and TLS handshake.
+/// `HttpsConnector` with one deadline over TCP connect and TLS handshake,
+/// remembering which protocol Truedat chose last.
 #[derive(Clone)]
 pub struct Connector {
     inner: HttpsConnector<Dial>,
     timeout: Duration,
+    /// The last connection made negotiated HTTP/2 by ALPN. The first login
+    /// connects before any client request is forwarded, so requests know
+    /// from the start whether to share one multiplexed connection or to use
+    /// one HTTP/1.1 connection each.
+    http2: Arc<AtomicBool>,
 }
 
-type Stream = hyper_rustls::MaybeHttpsStream<TokioIo<TcpStream>>;
+impl Connector {
+    /// Whether Truedat spoke HTTP/2 on the last connection made to it.
+    pub fn speaks_http2(&self) -> bool {
+        self.http2.load(Ordering::Relaxed)
+    }
+}
+
+/// A connection to Truedat: plain TCP, or TLS over it.
+pub type Stream = hyper_rustls::MaybeHttpsStream<TokioIo<TcpStream>>;
 
 impl Service<Uri> for Connector {
     type Response = Stream;
@@ -320,12 +356,14 @@ impl Service<Uri> for Connector {
 
     fn call(&mut self, dst: Uri) -> Self::Future {
         let connecting = self.inner.call(dst);
-        let timeout = self.timeout;
+        let (timeout, http2) = (self.timeout, self.http2.clone());
         Box::pin(async move {
-            match tokio::time::timeout(timeout, connecting).await {
-                Ok(result) => result,
-                Err(_) => Err(ConnectTimeout(timeout).into()),
-            }
+            let stream = match tokio::time::timeout(timeout, connecting).await {
+                Ok(result) => result?,
+                Err(_) => return Err(ConnectTimeout(timeout).into()),
+            };
+            http2.store(stream.connected().is_negotiated_h2(), Ordering::Relaxed);
+            Ok(stream)
         })
     }
 }

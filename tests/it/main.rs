@@ -13,6 +13,7 @@ mod faults;
 mod forwarding;
 mod hardening;
 mod lifecycle;
+mod links;
 mod operations;
 mod policy;
 mod properties;

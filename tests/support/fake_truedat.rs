@@ -225,6 +225,16 @@ impl FakeTruedat {
         self.state.logouts()
     }
 
+    /// Connections accepted since the fake started (restarts included).
+    pub fn connections_accepted(&self) -> usize {
+        self.state.connections.accepted()
+    }
+
+    /// Connections open right now.
+    pub fn connections_open(&self) -> usize {
+        self.state.connections.open_now()
+    }
+
     /// `GET /api/sessions` received (the proxy's check of a token after a 401).
     pub fn session_checks(&self) -> usize {
         self.state.session_checks()

@@ -64,6 +64,7 @@ pub(super) async fn accept_loop(
 }
 
 async fn serve_connection(stream: TcpStream, tls: Option<TlsAcceptor>, state: Arc<State>, stop: CancellationToken) {
+    let _open = state.connections.open();
     // Small request/response exchanges would otherwise wait on Nagle + delayed ACKs.
     // Failing to set it only costs latency.
     let _ = stream.set_nodelay(true);
