@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::client_certs::ClientCerts;
 use super::faults::Faults;
 use super::sessions::SessionStore;
 use super::{FakeConfig, LoginMode, RecordedRequest, lock};
@@ -23,6 +24,8 @@ pub(super) struct State {
     pub(super) sessions: SessionStore,
     /// Faults of the data routes and the switches of long runs.
     pub(super) faults: Faults,
+    /// The client certificate of every TLS connection.
+    pub(super) client_certs: ClientCerts,
     /// Changed by tests while requests are in flight (password rotation, short tokens).
     settings: Mutex<Settings>,
     /// A `watch` so that logins parked by [`LoginMode::Hang`] wake when the mode changes.
@@ -49,6 +52,7 @@ impl State {
             legacy_refresh_in_body: config.legacy_refresh_in_body,
             sessions: SessionStore::new(),
             faults: Faults::new(),
+            client_certs: ClientCerts::default(),
             settings: Mutex::new(Settings { password: config.password, token_ttl: config.token_ttl }),
             login_mode: watch::Sender::new(LoginMode::Normal),
             logins: watch::Sender::new(0),
