@@ -16,7 +16,8 @@
 //! Around it: [`config`] (layered, validated before anything binds, with
 //! [`units`] for durations and sizes), [`auth`] (the `ArcSwap` token cell and
 //! the renewer task that owns every login), [`admin`] (probes, metrics,
-//! `/quitquitquit`) and [`app`], which binds, runs and shuts down in order.
+//! `/quitquitquit`), [`tls`] (the CA and client certificate, reloaded when
+//! their files change) and [`app`], which binds, runs and shuts down in order.
 
 #![forbid(unsafe_code)]
 
@@ -33,5 +34,6 @@ pub mod proxy;
 pub mod replay;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 pub mod units;
 pub mod upstream;

@@ -10,7 +10,7 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use truedat_auth_proxy::app::{App, Outcome, StartError};
 use truedat_auth_proxy::config::Config;
-use truedat_auth_proxy::{telemetry, upstream};
+use truedat_auth_proxy::{telemetry, tls, upstream};
 
 /// Exit code for an invalid configuration or command line (SPEC §1).
 const EXIT_INVALID: u8 = 2;
@@ -45,7 +45,11 @@ fn main() -> ExitCode {
     if cli.check_config {
         // TLS material and the egress proxy are part of the configuration: a
         // bad file is reported like a bad key (no network is used).
-        if let Err(e) = upstream::build(&config.upstream, &config.proxy_env, &config.origin()) {
+        let origin = config.origin();
+        let built = tls::Material::load(&config.upstream, origin.is_https())
+            .map_err(upstream::BuildError::from)
+            .and_then(|tls| upstream::build(&config.upstream, &config.proxy_env, &origin, tls.into()));
+        if let Err(e) = built {
             eprintln!("invalid configuration: {e}");
             return ExitCode::from(EXIT_INVALID);
         }

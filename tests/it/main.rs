@@ -17,3 +17,4 @@ mod properties;
 mod refresh;
 mod secrets;
 mod tls;
+mod tls_rotation;
