@@ -18,6 +18,8 @@
 //! the renewer task that owns every login), [`admin`] (probes, metrics,
 //! `/quitquitquit`), [`tls`] (the CA and client certificate, reloaded when
 //! their files change) and [`app`], which binds, runs and shuts down in order.
+//! [`wait`] is the `wait` subcommand: a start-order hold for pods without
+//! native sidecars.
 
 #![forbid(unsafe_code)]
 
@@ -37,3 +39,4 @@ pub mod telemetry;
 pub mod tls;
 pub mod units;
 pub mod upstream;
+pub mod wait;

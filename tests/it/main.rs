@@ -18,3 +18,4 @@ mod refresh;
 mod secrets;
 mod tls;
 mod tls_rotation;
+mod wait;
