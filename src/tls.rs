@@ -93,10 +93,20 @@ struct Contents {
 }
 
 /// One file as read: its bytes, or why it could not be read.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 enum Seen {
     Bytes(Vec<u8>),
     Unreadable(String),
+}
+
+/// Only the size: the bytes may be a private key.
+impl std::fmt::Debug for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Seen::Bytes(bytes) => write!(f, "Bytes({} bytes)", bytes.len()),
+            Seen::Unreadable(reason) => f.debug_tuple("Unreadable").field(reason).finish(),
+        }
+    }
 }
 
 /// A built configuration and the notAfter of its client certificate.
