@@ -256,6 +256,7 @@ pub struct RetrySettings {
     pub window: Dur,
     /// First pause between tries of one request, doubled (with jitter) up to `backoff_max`.
     pub backoff_initial: Dur,
+    /// The longest pause between two tries, however many came before.
     pub backoff_max: Dur,
     /// Statuses from Truedat or its ingress that count as transient (400–599).
     pub on_status: Vec<u16>,

@@ -139,7 +139,7 @@ impl Material {
     }
 
     /// Whether any file is watched at all (no file, no task).
-    pub fn has_files(&self) -> bool {
+    fn has_files(&self) -> bool {
         self.files.ca.is_some() || self.files.client.is_some()
     }
 
