@@ -38,6 +38,10 @@ const VERBATIM_KEYS: [&str; 13] = [
     "admin.address",
 ];
 
+/// More client connections than any machine serves; also keeps the
+/// connection semaphore within its limits.
+const MAX_CONNECTIONS: usize = 1_000_000;
+
 /// Keys whose values are never printed, not even in an error.
 const SECRET_KEYS: [&str; 1] = ["credentials.password"];
 
@@ -144,6 +148,8 @@ pub struct Upstream {
     pub pool_idle_timeout: Dur,
     pub client_cert_file: Option<PathBuf>,
     pub client_key_file: Option<PathBuf>,
+    /// May carry `user:password@`: shown redacted, everywhere.
+    #[serde(serialize_with = "redacted_userinfo")]
     pub egress_proxy: Option<String>,
 }
 
@@ -232,6 +238,8 @@ pub struct ProxySettings {
     pub max_request_header_bytes: Size,
     pub allow_methods: Vec<String>,
     pub allow_paths: Vec<String>,
+    /// Requests that carry `Origin` or `Sec-Fetch-*` come from a web page, never from a tool.
+    pub allow_browsers: bool,
     pub allow_session_paths: bool,
 }
 
@@ -242,6 +250,7 @@ impl Default for ProxySettings {
             max_request_header_bytes: Size(64 << 10),
             allow_methods: Vec::new(),
             allow_paths: Vec::new(),
+            allow_browsers: false,
             allow_session_paths: false,
         }
     }
@@ -406,8 +415,8 @@ impl Config {
                 listen.address
             ));
         }
-        if listen.max_connections == 0 {
-            problems.push("listen.max_connections: must be at least 1".to_owned());
+        if !(1..=MAX_CONNECTIONS).contains(&listen.max_connections) {
+            problems.push(format!("listen.max_connections: must be between 1 and {MAX_CONNECTIONS}"));
         }
         require_positive(problems, "listen.header_read_timeout", listen.header_read_timeout);
         require_positive(problems, "listen.send_timeout", listen.send_timeout);
@@ -438,7 +447,7 @@ impl Config {
             problems.push("upstream.client_cert_file / upstream.client_key_file: set both or neither".to_owned());
         }
         if let Some(proxy) = upstream.egress_proxy.as_deref() {
-            if let Err(e) = crate::upstream::parse_egress_proxy(proxy) {
+            if let Err(e) = parse_egress_proxy(proxy) {
                 problems.push(format!("upstream.egress_proxy: {e}"));
             }
         }
@@ -496,8 +505,8 @@ impl Config {
                 problems.push(format!("proxy.allow_paths: {path:?} must start with '/'"));
             }
         }
-        if proxy.max_request_header_bytes.0 < 1024 {
-            problems.push("proxy.max_request_header_bytes: must be at least 1KiB".to_owned());
+        if !(1 << 10..=1 << 20).contains(&proxy.max_request_header_bytes.0) {
+            problems.push("proxy.max_request_header_bytes: must be between 1KiB and 1MiB".to_owned());
         }
     }
 
@@ -645,6 +654,38 @@ fn describe_source(metadata: &figment::Metadata, path: &[String]) -> String {
             format!(" (environment variable {ENV_PREFIX}{})", path.join("__").to_ascii_uppercase())
         }
         _ => format!(" (from {})", metadata.name),
+    }
+}
+
+/// Checks `upstream.egress_proxy`: `http://host:port`, nothing more. The
+/// messages show the value with its user information redacted.
+pub fn parse_egress_proxy(value: &str) -> Result<http::Uri, String> {
+    let shown = redact_userinfo(value);
+    let uri: http::Uri = value.parse().map_err(|e| format!("{shown:?} is not a URL ({e})"))?;
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        return Err(format!("{shown:?} must look like http://host:port"));
+    }
+    if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+        return Err(format!("{shown:?}: a proxy URL has no path or query"));
+    }
+    Ok(uri)
+}
+
+/// `scheme://user:password@host…` with `user:password` replaced by
+/// `<redacted>`; anything else as it is.
+pub fn redact_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let end = url[start..].find(['/', '?', '#']).map_or(url.len(), |i| start + i);
+    match url[start..end].rfind('@') {
+        Some(at) => format!("{}<redacted>{}", &url[..start], &url[start + at..]).into(),
+        None => url.into(),
+    }
+}
+
+fn redacted_userinfo<S: Serializer>(value: &Option<String>, serializer: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(url) => serializer.serialize_str(&redact_userinfo(url)),
+        None => serializer.serialize_none(),
     }
 }
 
@@ -810,6 +851,35 @@ mod tests {
         assert!(lines.iter().any(|l| l.starts_with("credentials.password: ")), "{lines:?}");
         assert!(lines.iter().any(|l| l.starts_with("token.retry_max: ")), "{lines:?}");
         assert!(!lines.iter().any(|l| l.contains("73105928461")), "{lines:?}");
+    }
+
+    #[test]
+    fn egress_proxy_must_be_plain_http_host_port() {
+        assert!(parse_egress_proxy("http://proxy.corp:3128").is_ok());
+        for bad in ["proxy.corp:3128", "https://proxy:3128", "http://proxy:3128/path", "socks5://p:1080"] {
+            assert!(parse_egress_proxy(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn egress_proxy_credentials_are_never_shown() {
+        for (url, shown) in [
+            ("http://alice:S3cr3tPw@proxy.corp:3128", "http://<redacted>@proxy.corp:3128"),
+            ("http://a%40b:p@ss@proxy:1/x", "http://<redacted>@proxy:1/x"),
+            ("alice:pw@proxy:3128", "<redacted>@proxy:3128"),
+            ("http://proxy:3128", "http://proxy:3128"),
+            ("x", "x"),
+        ] {
+            assert_eq!(redact_userinfo(url), shown, "{url}");
+        }
+        for bad in ["https://alice:S3cr3tPw@proxy:3128", "http://alice:S3cr3tPw@proxy:3128/path", "alice:S3cr3tPw@p"] {
+            let error = parse_egress_proxy(bad).unwrap_err();
+            assert!(!error.contains("S3cr3tPw"), "{error}");
+        }
+        let mut c = minimal();
+        c.upstream.egress_proxy = Some("http://alice:S3cr3tPw@proxy.corp:3128".into());
+        let text = c.to_redacted_toml();
+        assert!(text.contains("egress_proxy = \"http://<redacted>@proxy.corp:3128\""), "{text}");
     }
 
     #[test]

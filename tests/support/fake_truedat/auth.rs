@@ -35,7 +35,10 @@ pub(super) async fn login(state: &State, request: Request<Incoming>) -> Reply {
     };
     state.record_login(RecordedRequest::new(&parts, payload.clone()));
     match state.login_mode_unless_hang().await {
-        LoginMode::Normal => normal_login(state, &parts.headers, &payload),
+        LoginMode::Normal => {
+            state.fleet.spend_on_login().await;
+            normal_login(state, &parts.headers, &payload)
+        }
         LoginMode::Status(code) => status_login(code),
         LoginMode::Html => body::full(StatusCode::OK, "text/html; charset=utf-8", HTML_PAGE),
         LoginMode::NoToken => body::json(StatusCode::CREATED, &serde_json::json!({})),
@@ -147,6 +150,7 @@ pub(super) fn refresh(state: &State, headers: &HeaderMap) -> Reply {
 
 /// `GET /api/sessions`: 200 with an empty body while the bearer's session lives.
 pub(super) fn check(state: &State, headers: &HeaderMap) -> Reply {
+    state.count_session_check();
     match live_bearer(state, headers, now_secs()) {
         Some(_) => body::empty(StatusCode::OK),
         None => body::auth_error("unauthorized"),

@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use http::{Method, Request, StatusCode};
+use http::{Method, Request};
 use hyper::body::Incoming;
 
 use super::body::{self, Reply};
@@ -48,11 +48,11 @@ fn is_session_path(path: &str) -> bool {
 /// The fake's hyper service; every failure is already a response.
 pub(super) async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Reply, Infallible> {
     let reply = match Route::of(request.method(), request.uri().path()) {
-        Route::Login => auth::login(&state, request).await,
+        Route::Login => state.fleet.timed(auth::login(&state, request)).await,
         Route::Refresh => auth::refresh(&state, request.headers()),
         Route::CheckSession => auth::check(&state, request.headers()),
         Route::Logout => auth::logout(&state, request.headers()),
-        Route::Ping => body::full(StatusCode::OK, "text/plain; charset=utf-8", "pong"),
+        Route::Ping => state.fleet.pong(),
         Route::Data => data::handle(&state, request).await,
         Route::NotFound => body::not_found(),
     };

@@ -10,6 +10,8 @@ use tokio::sync::watch;
 
 use super::client_certs::ClientCerts;
 use super::faults::Faults;
+use super::fleet::Fleet;
+use super::outage::Outages;
 use super::sessions::SessionStore;
 use super::{FakeConfig, LoginMode, RecordedRequest, lock};
 
@@ -26,6 +28,9 @@ pub(super) struct State {
     pub(super) faults: Faults,
     /// The client certificate of every TLS connection.
     pub(super) client_certs: ClientCerts,
+    pub(super) outages: Outages,
+    /// The password-check cost model and the fleet-scale counters.
+    pub(super) fleet: Fleet,
     /// Changed by tests while requests are in flight (password rotation, short tokens).
     settings: Mutex<Settings>,
     /// A `watch` so that logins parked by [`LoginMode::Hang`] wake when the mode changes.
@@ -35,6 +40,7 @@ pub(super) struct State {
     login_attempts: AtomicUsize,
     refreshes: AtomicUsize,
     logouts: AtomicUsize,
+    session_checks: AtomicUsize,
     login_requests: Mutex<Vec<RecordedRequest>>,
     data_requests: Mutex<Vec<RecordedRequest>>,
 }
@@ -53,12 +59,15 @@ impl State {
             sessions: SessionStore::new(),
             faults: Faults::new(),
             client_certs: ClientCerts::default(),
+            outages: Outages::default(),
+            fleet: Fleet::default(),
             settings: Mutex::new(Settings { password: config.password, token_ttl: config.token_ttl }),
             login_mode: watch::Sender::new(LoginMode::Normal),
             logins: watch::Sender::new(0),
             login_attempts: AtomicUsize::new(0),
             refreshes: AtomicUsize::new(0),
             logouts: AtomicUsize::new(0),
+            session_checks: AtomicUsize::new(0),
             login_requests: Mutex::default(),
             data_requests: Mutex::default(),
         }
@@ -110,6 +119,14 @@ impl State {
 
     pub(super) fn count_logout(&self) {
         self.logouts.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(super) fn count_session_check(&self) {
+        self.session_checks.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(super) fn session_checks(&self) -> usize {
+        self.session_checks.load(Ordering::SeqCst)
     }
 
     pub(super) fn login_attempts(&self) -> usize {
