@@ -21,3 +21,5 @@ mod refresh;
 mod retries;
 mod secrets;
 mod tls;
+mod tls_rotation;
+mod wait;

@@ -78,6 +78,7 @@ async fn serve_connection(stream: TcpStream, tls: Option<TlsAcceptor>, state: Ar
             Some(acceptor) => {
                 // A failed handshake (a client that distrusts our CA, say) has nobody to answer.
                 if let Ok(stream) = acceptor.accept(stream).await {
+                    state.client_certs.record(stream.get_ref().1.peer_certificates());
                     serve_http(TokioIo::new(stream), state, stop, conn.clone()).await;
                 }
             }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::client_certs::ClientCerts;
 use super::faults::Faults;
 use super::fleet::Fleet;
 use super::outage::Outages;
@@ -26,6 +27,8 @@ pub(super) struct State {
     pub(super) sessions: SessionStore,
     /// Faults of the data routes and the switches of long runs.
     pub(super) faults: Faults,
+    /// The client certificate of every TLS connection.
+    pub(super) client_certs: ClientCerts,
     pub(super) outages: Outages,
     pub(super) connections: Connections,
     /// The password-check cost model and the fleet-scale counters.
@@ -57,6 +60,7 @@ impl State {
             legacy_refresh_in_body: config.legacy_refresh_in_body,
             sessions: SessionStore::new(),
             faults: Faults::new(),
+            client_certs: ClientCerts::default(),
             outages: Outages::default(),
             connections: Connections::default(),
             fleet: Fleet::default(),
