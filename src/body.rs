@@ -24,6 +24,16 @@ pub enum TruedatBody {
     Pooled(Incoming),
 }
 
+impl TruedatBody {
+    /// Lets a link's connection make progress while the body is not read
+    /// (see [`LinkBody::drive`]); the pool's connections drive themselves.
+    pub fn drive(&mut self, cx: &mut Context<'_>) {
+        if let TruedatBody::Linked(body) = self {
+            body.drive(cx);
+        }
+    }
+}
+
 impl Body for TruedatBody {
     type Data = Bytes;
     type Error = hyper::Error;

@@ -6,9 +6,12 @@
 //!
 //! A request flows through:
 //! - [`server`]: the accept loop (connection limit, head limits, graceful drain);
-//! - [`proxy`]: policy checks ([`paths`], methods, framing), the bearer from
-//!   [`auth`], header hygiene ([`headers`]), the join onto [`origin`], the
-//!   [`upstream`] client, and one replay after a 401 with the body kept by
+//! - [`proxy`]: policy checks ([`paths`], methods, framing, browsers), the
+//!   bearer from [`auth`], header hygiene ([`headers`]), the join onto
+//!   [`origin`]; then each try goes out on the client connection's own
+//!   [`link`] to Truedat (or the shared [`upstream`] pool when Truedat speaks
+//!   HTTP/2), transient failures are retried as [`retry`] decides, and a
+//!   401 that killed the token is replayed once, with the body kept by
 //!   [`replay`]; the response streams back in [`body`]; failures become JSON
 //!   errors ([`error`]);
 //! - [`access`] and [`telemetry`]: an access-log line and metrics, also for

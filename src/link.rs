@@ -210,6 +210,17 @@ pub struct LinkBody {
 }
 
 impl LinkBody {
+    /// Drives the connection without reading the body: it may still be
+    /// sending the request body, which must be finished (and so handed back
+    /// to the proxy) before the request can be sent again.
+    pub fn drive(&mut self, cx: &mut Context<'_>) {
+        if let Some(home) = self.home.as_mut() {
+            if home.connection.as_mut().poll(cx).is_ready() {
+                self.home = None;
+            }
+        }
+    }
+
     fn go_home(&mut self) {
         if let Some(home) = self.home.take() {
             let idle = Idle { sender: home.sender, connection: home.connection, since: Instant::now() };

@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use http::header::{CONTENT_LENGTH, ORIGIN, TRANSFER_ENCODING};
@@ -191,7 +192,7 @@ impl Proxy {
                 }
             };
             exchange.attempts += 1;
-            let result = self.send(clone_parts(outgoing.parts), upstream_body, outgoing).await;
+            let mut result = self.send(clone_parts(outgoing.parts), upstream_body, outgoing).await;
             let head = match &result {
                 Ok(response) if self.retry.is_transient(response.status()) => Some(response.headers().clone()),
                 _ => None,
@@ -211,7 +212,7 @@ impl Proxy {
             }
             let next = match kept {
                 None => Some(None),
-                Some(kept) => self.take_back(kept, outgoing.declared_len).await.map(Some),
+                Some(kept) => self.take_back(kept, outgoing.declared_len, result.as_mut().ok()).await.map(Some),
             };
             attempt.resendable = next.is_some();
             let Decision::Retry { after, reason } = self.retry.decide(&attempt, rand::random()) else {
@@ -233,8 +234,25 @@ impl Proxy {
     }
 
     /// The body a finished try kept, ready to be sent again, if it can be.
-    async fn take_back(&self, kept: oneshot::Receiver<Kept>, declared_len: Option<u64>) -> Option<Resend> {
-        match tokio::time::timeout(BODY_RETURN_WAIT, kept).await {
+    /// While it comes back, `answered`'s connection (the try's answer, still
+    /// held) is driven: it may still be sending the rest of the body.
+    async fn take_back(
+        &self,
+        kept: oneshot::Receiver<Kept>,
+        declared_len: Option<u64>,
+        mut answered: Option<&mut Response<TruedatBody>>,
+    ) -> Option<Resend> {
+        let mut kept = std::pin::pin!(kept);
+        let back = std::future::poll_fn(|cx| {
+            if let Poll::Ready(kept) = kept.as_mut().poll(cx) {
+                return Poll::Ready(kept);
+            }
+            if let Some(response) = answered.as_deref_mut() {
+                response.body_mut().drive(cx);
+            }
+            Poll::Pending
+        });
+        match tokio::time::timeout(BODY_RETURN_WAIT, back).await {
             Ok(Ok(kept)) => kept.into_resend(declared_len, self.policy.replay_limit),
             _ => None,
         }
@@ -246,7 +264,7 @@ impl Proxy {
     /// to the client as it is.
     async fn after_unauthorized(
         &self,
-        response: Response<TruedatBody>,
+        mut response: Response<TruedatBody>,
         outgoing: &Outgoing<'_>,
         kept: Option<oneshot::Receiver<Kept>>,
         exchange: &mut Exchange,
@@ -257,7 +275,7 @@ impl Proxy {
         }
         let body = match kept {
             None => Some(None),
-            Some(kept) => self.take_back(kept, outgoing.declared_len).await.map(Some),
+            Some(kept) => self.take_back(kept, outgoing.declared_len, Some(&mut response)).await.map(Some),
         };
         self.auth.report_unauthorized(generation);
         let Some(body) = body else {

@@ -67,6 +67,24 @@ async fn transient_statuses_are_retried_for_idempotent_methods_only() {
     proxy.stop().await;
 }
 
+/// An ingress that answers 503 before reading a 900 KiB PUT: the proxy
+/// drives its connection until the body it kept comes back, then sends the
+/// whole body again: 200, without waiting for a timeout.
+#[tokio::test]
+async fn a_status_answered_before_the_body_was_read_is_retried_with_the_whole_body() {
+    let fake = fake(|_| {}).await;
+    let proxy = ready_proxy(&fake, |_| {}).await;
+    fake.fail_next(1, Outage::Early(503));
+    let body: Vec<u8> = (0..900 * 1024u32).map(|i| (i % 249) as u8).collect();
+    let started = Instant::now();
+    let reply = call(&proxy, Method::PUT, "/api/upload", &body).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["bytes"], 900 * 1024);
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    assert_eq!(tries(&fake, "/api/upload"), 2);
+    proxy.stop().await;
+}
+
 /// `Retry-After: 1` is waited for, then the GET succeeds; `Retry-After: 120`
 /// ends past `retry.window`, so that 503 goes to the tool at once, header
 /// included.

@@ -33,6 +33,10 @@ const HOP_HEADERS: &[(&str, &str)] =
 /// then a [`DataFault`](super::DataFault), if one is set, has its way.
 pub(super) async fn handle(state: &State, request: Request<Incoming>) -> Reply {
     let (parts, body) = request.into_parts();
+    if let Some(reply) = state.outages.early() {
+        state.record_data(RecordedRequest::new(&parts, bytes::Bytes::new()));
+        return reply;
+    }
     let summary = body::consume(body).await;
     let recorded_body = summary.kept.clone().unwrap_or_default();
     state.record_data(RecordedRequest::new(&parts, recorded_body));

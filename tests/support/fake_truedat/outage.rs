@@ -22,6 +22,9 @@ pub enum Outage {
     Status { status: u16, retry_after: Option<String> },
     /// The connection is reset after the request was read: nothing answered.
     Reset,
+    /// ingress-nginx's page with this status, sent before the request body
+    /// is read (an ingress refusing at once, whatever is still uploading).
+    Early(u16),
 }
 
 /// The outage in force and how many requests it still hits.
@@ -41,11 +44,29 @@ impl Outages {
         Some(outage)
     }
 
+    /// The answer for a request whose body is still unread, if the outage
+    /// answers before reading it.
+    pub(super) fn early(&self) -> Option<Reply> {
+        let mut current = lock(&self.0);
+        match current.as_mut()? {
+            (remaining, Outage::Early(status)) => {
+                let status = *status;
+                *remaining -= 1;
+                if *remaining == 0 {
+                    *current = None;
+                }
+                Some(ingress_page(status, None))
+            }
+            _ => None,
+        }
+    }
+
     /// Applies the outage to a data request that was read whole: `Some`
     /// answer to send instead, or never returns (the connection is reset).
     pub(super) async fn apply(&self, conn: Option<&ConnHandle>) -> Option<Reply> {
         match self.take()? {
             Outage::Status { status, retry_after } => Some(ingress_page(status, retry_after.as_deref())),
+            Outage::Early(status) => Some(ingress_page(status, None)),
             Outage::Reset => {
                 conn?.reset();
                 // The accept loop drops this handler with the connection.
