@@ -5,11 +5,13 @@
 //! - `session`: the HTTP calls to Truedat's session routes.
 //! - `jwt`: the token's lifetime from its claims.
 //! - `backoff`: delays between failed logins.
+//! - `probe`: ends that delay early when an unreachable Truedat answers pings again.
 //! - `renewer`: the one task that logs in, so logins are single-flight by construction.
 
 pub mod backoff;
 pub mod cell;
 pub mod jwt;
+pub mod probe;
 pub mod renewer;
 pub mod session;
 

@@ -14,6 +14,7 @@ use super::Auth;
 use super::backoff::Backoff;
 use super::cell::Token;
 use super::jwt;
+use super::probe::{self, Outage};
 use super::session::{Issued, SessionError, Sessions};
 use crate::config::{RenewWith, TokenSettings};
 use crate::telemetry;
@@ -80,6 +81,7 @@ impl Renewer {
         let mut backoff = Backoff::new(self.settings.retry_initial.0, self.settings.retry_max.0);
         let mut failures = Failures::default();
         let mut rejections = Rejections::new(self.settings.retry_initial.0, self.settings.retry_max.0);
+        let mut outage = Outage::default();
         loop {
             let outcome = tokio::select! {
                 outcome = self.renew(reason) => outcome,
@@ -88,6 +90,7 @@ impl Renewer {
             match outcome {
                 Ok(renew_at) => {
                     failures.recovered();
+                    outage.ended();
                     backoff.reset();
                     let obtained = Instant::now();
                     reason = tokio::select! {
@@ -110,13 +113,21 @@ impl Renewer {
                     self.auth.set_failure(Some(error.readiness_reason()));
                     let delay = backoff.next_delay();
                     failures.record(&error, reason, delay);
+                    outage.login_failed(probe::arms(&error), tokio::time::Instant::now());
                     tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
+                        () = self.wait_after_failure(delay, &mut outage) => {}
                         () = shutdown.cancelled() => return,
                     }
                 }
             }
         }
+    }
+
+    /// Waits out the backoff `delay`, or less when probes see an unreachable
+    /// Truedat return (SPEC §3.1).
+    async fn wait_after_failure(&self, delay: Duration, outage: &mut Outage) {
+        let interval = self.settings.probe_interval.0;
+        probe::wait(delay, interval, outage, || self.sessions.ping(interval)).await;
     }
 
     /// Waits for the renewal time, or for a 401 on the current token.
