@@ -35,11 +35,13 @@ async fn readiness_detail(proxy: &TestProxy) -> String {
     }
 }
 
-/// Waits until the proxy says Truedat is unreachable, then long enough for a
-/// couple of probes to fail, so that the return is an edge the probes can see.
+/// Waits until the proxy says Truedat is unreachable, then for five probe
+/// intervals, so that at least one probe failed (a refused probe never
+/// reaches the fake, so there is nothing to wait on) and the return is an
+/// edge the probes can see even on a loaded machine.
 async fn wait_unreachable(proxy: &TestProxy) {
     assert!(wait_until(READY, || async { readiness_detail(proxy).await == "Truedat unreachable" }).await);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 /// Brings the fake back and returns how long the proxy then took to be ready.
