@@ -75,7 +75,8 @@ impl Admin {
     }
 
     fn quit(&self, peer: SocketAddr) -> Response<ProxyBody> {
-        if !peer.ip().is_loopback() {
+        // A dual-stack listener sees an IPv4 peer as ::ffff:a.b.c.d.
+        if !peer.ip().to_canonical().is_loopback() {
             return json_error(StatusCode::FORBIDDEN, "/quitquitquit is only answered to loopback clients");
         }
         tracing::info!(%peer, "shutdown requested through /quitquitquit");
@@ -109,6 +110,10 @@ mod tests {
         }
         assert!(!shutdown.is_cancelled());
         assert_eq!(admin.readiness(), Err("no token yet"));
+        for peer in ["[::ffff:10.1.2.3]:1", "[::ffff:192.0.2.7]:1"] {
+            assert_eq!(admin.quit(peer.parse().unwrap()).status(), StatusCode::FORBIDDEN, "{peer}");
+        }
+        assert!(!shutdown.is_cancelled());
         assert_eq!(admin.quit("[::1]:5000".parse().unwrap()).status(), StatusCode::OK);
         assert!(shutdown.is_cancelled());
         assert_eq!(admin.readiness(), Err("shutting down"));

@@ -4,14 +4,16 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Admin;
 use crate::auth::Auth;
+use crate::auth::cell::Token;
+use crate::auth::liveness::Liveness;
 use crate::auth::renewer::Renewer;
 use crate::auth::session::Sessions;
 use crate::config::Config;
@@ -78,8 +80,8 @@ impl App {
         let auth = Arc::new(Auth::new(token.first_token_wait.0, token.login_timeout.0));
         let sessions =
             Arc::new(Sessions::new(client.clone(), origin.clone(), &config.credentials, token.login_timeout.0));
-        let proxy =
-            Arc::new(Proxy::new(auth.clone(), client, origin, &config.proxy, config.upstream.request_timeout.0));
+        let liveness = Liveness::new(sessions.clone());
+        let proxy = Arc::new(Proxy::new(auth.clone(), liveness, client, &config));
         telemetry::metrics_handle();
         Ok(App { config, listeners: Some((proxy_listener, admin_listener)), auth, proxy, sessions, bound })
     }
@@ -112,8 +114,8 @@ impl App {
         let _ = proxy.await;
         let outcome = self.drain(drain, settings.drain_timeout.0).await;
         tasks.cancel();
-        let _ = renewer.await;
-        self.logout().await;
+        let issued = renewer.await.unwrap_or_default();
+        self.logout(issued).await;
         admin.abort();
         upkeep.abort();
         outcome
@@ -172,20 +174,31 @@ impl App {
         }
     }
 
-    /// Ends the Truedat session so that a token copied from the pod dies with it.
-    async fn logout(&self) {
+    /// Ends the Truedat session of every token obtained that may still be
+    /// alive (SPEC §3.6), so that no token copied from the pod outlives it.
+    /// All the logouts together are bounded by `token.login_timeout`.
+    async fn logout(&self, issued: Vec<Arc<Token>>) {
         if !self.config.token.logout_on_shutdown {
             return;
         }
-        let Some(token) = self.auth.cell().snapshot().as_ref().cloned() else {
-            return;
-        };
-        if !token.is_usable(std::time::Instant::now()) {
-            return;
+        let now = Instant::now();
+        let current = self.auth.cell().snapshot();
+        let revoked = |t: &Token| current.as_ref().is_some_and(|c| c.generation == t.generation && c.is_revoked());
+        let mut logouts = JoinSet::new();
+        for token in issued.into_iter().filter(|t| t.is_usable(now) && !revoked(t)) {
+            let sessions = self.sessions.clone();
+            logouts.spawn(async move { (token.generation, sessions.logout(token.bearer()).await) });
         }
-        match self.sessions.logout(token.bearer()).await {
-            Ok(()) => tracing::info!(generation = token.generation, "Truedat session logged out"),
-            Err(error) => tracing::warn!(error = %error, "could not log the Truedat session out"),
+        let all = async {
+            while let Some(Ok((generation, result))) = logouts.join_next().await {
+                match result {
+                    Ok(()) => tracing::info!(generation, "Truedat session logged out"),
+                    Err(error) => tracing::warn!(generation, error = %error, "could not log a Truedat session out"),
+                }
+            }
+        };
+        if tokio::time::timeout(self.config.token.login_timeout.0, all).await.is_err() {
+            tracing::warn!("logging out took longer than token.login_timeout; giving up on the rest");
         }
     }
 }

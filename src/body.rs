@@ -35,7 +35,7 @@ pub struct Streamed {
 
 /// Truedat sent nothing for the body's idle timeout.
 #[derive(Debug, thiserror::Error)]
-#[error("Truedat sent no part of the response body for {0:?} (upstream.request_timeout)")]
+#[error("Truedat sent no part of the response body for {0:?} (upstream.body_idle_timeout)")]
 pub struct BodyStalled(Duration);
 
 impl Streamed {

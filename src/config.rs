@@ -38,6 +38,10 @@ const VERBATIM_KEYS: [&str; 13] = [
     "admin.address",
 ];
 
+/// More client connections than any machine serves; also keeps the
+/// connection semaphore within its limits.
+const MAX_CONNECTIONS: usize = 1_000_000;
+
 /// Keys whose values are never printed, not even in an error.
 const SECRET_KEYS: [&str; 1] = ["credentials.password"];
 
@@ -54,6 +58,7 @@ pub struct Config {
     pub credentials: Credentials,
     pub token: TokenSettings,
     pub proxy: ProxySettings,
+    pub retry: RetrySettings,
     pub shutdown: ShutdownSettings,
     pub log: Log,
     pub runtime: Runtime,
@@ -137,9 +142,14 @@ pub struct Upstream {
     pub ca_file: Option<PathBuf>,
     pub connect_timeout: Dur,
     pub request_timeout: Dur,
+    /// Silence inside a response body longer than this cuts the transfer;
+    /// `request_timeout` only covers the wait for the headers.
+    pub body_idle_timeout: Dur,
     pub pool_idle_timeout: Dur,
     pub client_cert_file: Option<PathBuf>,
     pub client_key_file: Option<PathBuf>,
+    /// May carry `user:password@`: shown redacted, everywhere.
+    #[serde(serialize_with = "redacted_userinfo")]
     pub egress_proxy: Option<String>,
 }
 
@@ -150,6 +160,7 @@ impl Default for Upstream {
             ca_file: None,
             connect_timeout: Dur::secs(5),
             request_timeout: Dur::secs(60),
+            body_idle_timeout: Dur::secs(60),
             pool_idle_timeout: Dur::secs(90),
             client_cert_file: None,
             client_key_file: None,
@@ -231,6 +242,8 @@ pub struct ProxySettings {
     pub max_request_header_bytes: Size,
     pub allow_methods: Vec<String>,
     pub allow_paths: Vec<String>,
+    /// Requests that carry `Origin` or `Sec-Fetch-*` come from a web page, never from a tool.
+    pub allow_browsers: bool,
     pub allow_session_paths: bool,
 }
 
@@ -241,7 +254,40 @@ impl Default for ProxySettings {
             max_request_header_bytes: Size(64 << 10),
             allow_methods: Vec::new(),
             allow_paths: Vec::new(),
+            allow_browsers: false,
             allow_session_paths: false,
+        }
+    }
+}
+
+/// Retries of transient upstream failures (SPEC §4, Retries).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySettings {
+    /// Retries happen only while less than this has passed since the request
+    /// arrived; zero turns retries off.
+    pub window: Dur,
+    /// First pause between tries of one request, doubled (with jitter) up to `backoff_max`.
+    pub backoff_initial: Dur,
+    pub backoff_max: Dur,
+    /// Statuses from Truedat or its ingress that count as transient (400–599).
+    pub on_status: Vec<u16>,
+    /// Retries may add at most this fraction to the requests of the last 10 s…
+    pub budget_ratio: f64,
+    /// …plus this many retries per second, so that an outage is not
+    /// multiplied by the proxy.
+    pub budget_min_per_second: u32,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        RetrySettings {
+            window: Dur::secs(10),
+            backoff_initial: Dur::millis(100),
+            backoff_max: Dur::secs(2),
+            on_status: vec![502, 503, 504],
+            budget_ratio: 0.2,
+            budget_min_per_second: 10,
         }
     }
 }
@@ -333,6 +379,7 @@ impl Config {
         self.validate_credentials(&mut problems);
         self.validate_token(&mut problems);
         self.validate_proxy(&mut problems);
+        self.validate_retry(&mut problems);
         if !(1..=64).contains(&self.runtime.worker_threads) {
             problems.push("runtime.worker_threads: must be between 1 and 64".to_owned());
         }
@@ -362,8 +409,8 @@ impl Config {
                 listen.address
             ));
         }
-        if listen.max_connections == 0 {
-            problems.push("listen.max_connections: must be at least 1".to_owned());
+        if !(1..=MAX_CONNECTIONS).contains(&listen.max_connections) {
+            problems.push(format!("listen.max_connections: must be between 1 and {MAX_CONNECTIONS}"));
         }
         require_positive(problems, "listen.header_read_timeout", listen.header_read_timeout);
         require_positive(problems, "listen.send_timeout", listen.send_timeout);
@@ -386,6 +433,7 @@ impl Config {
         for (key, value) in [
             ("upstream.connect_timeout", upstream.connect_timeout),
             ("upstream.request_timeout", upstream.request_timeout),
+            ("upstream.body_idle_timeout", upstream.body_idle_timeout),
         ] {
             require_positive(problems, key, value);
         }
@@ -393,7 +441,7 @@ impl Config {
             problems.push("upstream.client_cert_file / upstream.client_key_file: set both or neither".to_owned());
         }
         if let Some(proxy) = upstream.egress_proxy.as_deref() {
-            if let Err(e) = crate::upstream::parse_egress_proxy(proxy) {
+            if let Err(e) = parse_egress_proxy(proxy) {
                 problems.push(format!("upstream.egress_proxy: {e}"));
             }
         }
@@ -458,11 +506,42 @@ impl Config {
                 problems.push(format!("proxy.allow_paths: {path:?} must start with '/'"));
             }
         }
-        if proxy.max_request_header_bytes.0 < 1024 {
-            problems.push("proxy.max_request_header_bytes: must be at least 1KiB".to_owned());
+        if !(1 << 10..=1 << 20).contains(&proxy.max_request_header_bytes.0) {
+            problems.push("proxy.max_request_header_bytes: must be between 1KiB and 1MiB".to_owned());
+        }
+    }
+
+    fn validate_retry(&self, problems: &mut Vec<String>) {
+        let retry = &self.retry;
+        require_positive(problems, "retry.backoff_initial", retry.backoff_initial);
+        require_positive(problems, "retry.backoff_max", retry.backoff_max);
+        if retry.backoff_initial > retry.backoff_max {
+            problems.push(format!(
+                "retry.backoff_initial: {} is longer than retry.backoff_max ({})",
+                retry.backoff_initial, retry.backoff_max
+            ));
+        }
+        let outside: Vec<String> =
+            retry.on_status.iter().filter(|s| !(400..=599).contains(*s)).map(u16::to_string).collect();
+        if !outside.is_empty() {
+            problems.push(format!(
+                "retry.on_status: {} outside 400–599; only error statuses can be transient",
+                outside.join(", ")
+            ));
+        }
+        // tower's TpsBudget, which enforces the budget, accepts 0 to 1000.
+        if !(retry.budget_ratio.is_finite() && (0.0..=MAX_BUDGET_RATIO).contains(&retry.budget_ratio)) {
+            problems.push(format!(
+                "retry.budget_ratio: {} must be a number from 0 to {MAX_BUDGET_RATIO} (0.2 lets retries add 20%)",
+                retry.budget_ratio
+            ));
         }
     }
 }
+
+/// The largest `retry.budget_ratio`: a retry budget of 1000 times the traffic
+/// is no budget at all, and the budget's implementation refuses more.
+const MAX_BUDGET_RATIO: f64 = 1000.0;
 
 /// Shortest `token.probe_interval` other than 0: a hundred sidecars probing at
 /// this rate already send a thousand pings a second to an ingress in trouble.
@@ -512,6 +591,7 @@ fn every_problem(figment: &Figment, first: figment::Error) -> Invalid {
         section::<Credentials>(figment, "credentials"),
         section::<TokenSettings>(figment, "token"),
         section::<ProxySettings>(figment, "proxy"),
+        section::<RetrySettings>(figment, "retry"),
         section::<ShutdownSettings>(figment, "shutdown"),
         section::<Log>(figment, "log"),
         section::<Runtime>(figment, "runtime"),
@@ -567,6 +647,38 @@ fn describe_source(metadata: &figment::Metadata, path: &[String]) -> String {
     }
 }
 
+/// Checks `upstream.egress_proxy`: `http://host:port`, nothing more. The
+/// messages show the value with its user information redacted.
+pub fn parse_egress_proxy(value: &str) -> Result<http::Uri, String> {
+    let shown = redact_userinfo(value);
+    let uri: http::Uri = value.parse().map_err(|e| format!("{shown:?} is not a URL ({e})"))?;
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        return Err(format!("{shown:?} must look like http://host:port"));
+    }
+    if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+        return Err(format!("{shown:?}: a proxy URL has no path or query"));
+    }
+    Ok(uri)
+}
+
+/// `scheme://user:password@host…` with `user:password` replaced by
+/// `<redacted>`; anything else as it is.
+pub fn redact_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let end = url[start..].find(['/', '?', '#']).map_or(url.len(), |i| start + i);
+    match url[start..end].rfind('@') {
+        Some(at) => format!("{}<redacted>{}", &url[..start], &url[start + at..]).into(),
+        None => url.into(),
+    }
+}
+
+fn redacted_userinfo<S: Serializer>(value: &Option<String>, serializer: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(url) => serializer.serialize_str(&redact_userinfo(url)),
+        None => serializer.serialize_none(),
+    }
+}
+
 /// Serializes any secret as the same placeholder, so `--check-config` shows
 /// that it is set without showing it.
 fn redacted<S: Serializer>(value: &Option<SecretString>, serializer: S) -> Result<S::Ok, S::Error> {
@@ -600,6 +712,12 @@ mod tests {
         assert_eq!(c.proxy.max_request_header_bytes.to_string(), "64KiB");
         assert_eq!(c.credentials.access_method, "alternative_login");
         assert!(c.token.logout_on_shutdown);
+        assert_eq!(c.upstream.body_idle_timeout.to_string(), "1m");
+        assert_eq!(c.retry.window.to_string(), "10s");
+        assert_eq!(c.retry.backoff_initial.to_string(), "100ms");
+        assert_eq!(c.retry.backoff_max.to_string(), "2s");
+        assert_eq!(c.retry.on_status, [502, 503, 504]);
+        assert_eq!((c.retry.budget_ratio, c.retry.budget_min_per_second), (0.2, 10));
     }
 
     #[test]
@@ -635,6 +753,58 @@ mod tests {
             assert_eq!(problems.is_empty(), valid, "{value}: {problems:?}");
             assert!(problems.iter().all(|p| p.starts_with("token.probe_interval: ")), "{problems:?}");
         }
+    }
+
+    #[test]
+    fn retry_and_body_idle_problems_name_their_keys() {
+        type Break = fn(&mut Config);
+        let cases: [(&str, Break); 7] = [
+            ("upstream.body_idle_timeout", |c| c.upstream.body_idle_timeout = Dur::secs(0)),
+            ("retry.on_status", |c| c.retry.on_status = vec![503, 302]),
+            ("retry.on_status", |c| c.retry.on_status = vec![600]),
+            ("retry.budget_ratio", |c| c.retry.budget_ratio = -0.1),
+            ("retry.budget_ratio", |c| c.retry.budget_ratio = f64::NAN),
+            ("retry.budget_ratio", |c| c.retry.budget_ratio = f64::INFINITY),
+            ("retry.backoff_initial", |c| c.retry.backoff_initial = Dur::secs(3)),
+        ];
+        for (key, break_it) in cases {
+            let mut c = minimal();
+            break_it(&mut c);
+            let problems = c.validate().unwrap_err().0;
+            assert_eq!(problems.len(), 1, "{key}: {problems:?}");
+            assert!(problems[0].starts_with(&format!("{key}: ")), "{key}: {problems:?}");
+        }
+    }
+
+    #[test]
+    fn retry_edges_are_valid() {
+        let mut c = minimal();
+        c.retry.window = Dur::secs(0);
+        c.retry.on_status = vec![400, 429, 599];
+        c.retry.budget_ratio = 0.0;
+        c.retry.budget_min_per_second = 0;
+        c.retry.backoff_initial = c.retry.backoff_max;
+        c.validate().unwrap();
+        c.retry.on_status.clear();
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn retry_values_come_from_toml_and_bad_ones_name_the_key() {
+        let figment = Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(
+            "[retry]\nwindow = \"0s\"\non_status = [503]\nbudget_ratio = 0.5\nbudget_min_per_second = 3\n",
+        ));
+        let c: Config = figment.extract().unwrap();
+        assert_eq!((c.retry.window, c.retry.on_status, c.retry.budget_ratio), (Dur::secs(0), vec![503], 0.5));
+        assert_eq!(c.retry.budget_min_per_second, 3);
+
+        let figment = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string("[retry]\non_status = [\"503\"]\n[upstream]\nbody_idle_timeout = \"soon\"\n"));
+        let first = figment.extract::<Config>().unwrap_err();
+        let lines = every_problem(&figment, first).0;
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines.iter().any(|l| l.starts_with("retry.on_status")), "{lines:?}");
+        assert!(lines.iter().any(|l| l.starts_with("upstream.body_idle_timeout: ")), "{lines:?}");
     }
 
     #[test]
@@ -682,6 +852,35 @@ mod tests {
         assert!(lines.iter().any(|l| l.starts_with("credentials.password: ")), "{lines:?}");
         assert!(lines.iter().any(|l| l.starts_with("token.retry_max: ")), "{lines:?}");
         assert!(!lines.iter().any(|l| l.contains("73105928461")), "{lines:?}");
+    }
+
+    #[test]
+    fn egress_proxy_must_be_plain_http_host_port() {
+        assert!(parse_egress_proxy("http://proxy.corp:3128").is_ok());
+        for bad in ["proxy.corp:3128", "https://proxy:3128", "http://proxy:3128/path", "socks5://p:1080"] {
+            assert!(parse_egress_proxy(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn egress_proxy_credentials_are_never_shown() {
+        for (url, shown) in [
+            ("http://alice:S3cr3tPw@proxy.corp:3128", "http://<redacted>@proxy.corp:3128"),
+            ("http://a%40b:p@ss@proxy:1/x", "http://<redacted>@proxy:1/x"),
+            ("alice:pw@proxy:3128", "<redacted>@proxy:3128"),
+            ("http://proxy:3128", "http://proxy:3128"),
+            ("x", "x"),
+        ] {
+            assert_eq!(redact_userinfo(url), shown, "{url}");
+        }
+        for bad in ["https://alice:S3cr3tPw@proxy:3128", "http://alice:S3cr3tPw@proxy:3128/path", "alice:S3cr3tPw@p"] {
+            let error = parse_egress_proxy(bad).unwrap_err();
+            assert!(!error.contains("S3cr3tPw"), "{error}");
+        }
+        let mut c = minimal();
+        c.upstream.egress_proxy = Some("http://alice:S3cr3tPw@proxy.corp:3128".into());
+        let text = c.to_redacted_toml();
+        assert!(text.contains("egress_proxy = \"http://<redacted>@proxy.corp:3128\""), "{text}");
     }
 
     #[test]

@@ -14,6 +14,13 @@ use crate::upstream::FailureKind;
 /// Seconds a client is asked to wait before retrying when no token is held.
 const RETRY_AFTER_SECS: HeaderValue = HeaderValue::from_static("5");
 
+/// nginx's "client closed the request" (SPEC §8): not an HTTP status a
+/// client ever reads, only what the log and the metrics say.
+pub const CLIENT_CLOSED: StatusCode = match StatusCode::from_u16(499) {
+    Ok(status) => status,
+    Err(_) => panic!("499 is within 100..=999"),
+};
+
 /// Everything that makes the proxy answer instead of Truedat.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -25,6 +32,12 @@ pub enum ProxyError {
     MethodNotAllowed(&'static str),
     #[error("request head larger than proxy.max_request_header_bytes")]
     HeadTooLarge,
+    #[error("{0}")]
+    NotImplemented(&'static str),
+    /// The client went away before the answer: nobody reads this one, but
+    /// its status is what the access log and the metrics record.
+    #[error("the client closed the request")]
+    ClientClosed,
     #[error("no valid Truedat token: {0}")]
     NoToken(&'static str),
     #[error("Truedat did not answer within upstream.request_timeout")]
@@ -50,6 +63,8 @@ impl ProxyError {
             ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::ClientClosed => CLIENT_CLOSED,
             ProxyError::NoToken(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,

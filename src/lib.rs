@@ -11,7 +11,8 @@
 //!   [`upstream`] client, and one replay after a 401 with the body kept by
 //!   [`replay`]; the response streams back in [`body`]; failures become JSON
 //!   errors ([`error`]);
-//! - [`telemetry`]: an access-log line and metrics.
+//! - [`access`] and [`telemetry`]: an access-log line and metrics, also for
+//!   requests their client abandoned.
 //!
 //! Around it: [`config`] (layered, validated before anything binds, with
 //! [`units`] for durations and sizes), [`auth`] (the `ArcSwap` token cell and
@@ -20,6 +21,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod admin;
 pub mod app;
 pub mod auth;
@@ -31,6 +33,7 @@ pub mod origin;
 pub mod paths;
 pub mod proxy;
 pub mod replay;
+pub mod retry;
 pub mod server;
 pub mod telemetry;
 pub mod units;

@@ -1,30 +1,47 @@
 //! Which request paths the proxy forwards.
 //!
-//! The path is forwarded byte for byte, but the decision is taken on the
-//! path as Truedat's router will see it: percent-decoded (Plug decodes each
-//! segment), empty and `.` segments dropped, `..` resolved (RFC 3986 §5.2.4).
-//! So `/api/allowed/../secret`, `/api/allowed/%2e%2e/secret` and
-//! `//api//sessions` cannot slip past a prefix rule.
+//! The path is forwarded byte for byte, so the decision must hold for every
+//! reader downstream. Truedat's router (Plug/Phoenix) splits the raw path on
+//! literal `/`, drops empty segments and percent-decodes each segment
+//! afterwards; it never resolves `..`. ingress-nginx, in front of it, routes
+//! on its own normalised URI (decoded, dot segments resolved) but passes the
+//! original on. A path those two read differently is ambiguous: it is refused
+//! before any other check (SPEC §4), and every other path is checked segment
+//! by segment, as Plug reads it.
 
 use std::borrow::Cow;
 
 /// The route under which Truedat manages sessions. Through the proxy a tool
 /// could log the proxy's own session out, or trade its token for a refreshed
 /// one and so obtain a credential.
-const SESSIONS: &str = "/api/sessions";
+const SESSIONS: [&[u8]; 2] = [b"api", b"sessions"];
 
 /// The forwarding rules of `[proxy]` on paths.
 #[derive(Clone, Debug, Default)]
 pub struct PathPolicy {
-    /// Normalised prefixes; empty means every path.
-    allow: Vec<String>,
+    /// `proxy.allow_paths` as segments; empty means every path.
+    allow: Vec<Prefix>,
     allow_sessions: bool,
+}
+
+/// One `proxy.allow_paths` entry, decoded into segments.
+#[derive(Clone, Debug)]
+struct Prefix {
+    segments: Vec<Vec<u8>>,
+    /// Written with a trailing `/` ("/api/x/"): the last segment must match
+    /// whole. Without it ("/api/v2") the last segment is a string prefix, as
+    /// the operator wrote it ("/api/v2" also covers "/api/v2x").
+    whole_last: bool,
 }
 
 /// Why a path is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
+    /// Routers and ingresses could read it two ways: 400.
+    Ambiguous,
+    /// Under `/api/sessions`: 403.
     Sessions,
+    /// Outside `proxy.allow_paths`: 403.
     NotAllowed,
 }
 
@@ -33,23 +50,20 @@ impl PathPolicy {
     pub fn new(allow_paths: &[String], allow_session_paths: bool) -> PathPolicy {
         let allow = allow_paths
             .iter()
-            .map(|p| {
-                let normal = normalize(p);
-                // "/api/x/" means "under /api/x": keep the slash the operator wrote.
-                if p.ends_with('/') && normal != "/" { format!("{normal}/") } else { normal }
-            })
+            .map(|p| Prefix { segments: segments(p).map(Cow::into_owned).collect(), whole_last: p.ends_with('/') })
             .collect();
         PathPolicy { allow, allow_sessions: allow_session_paths }
     }
 
     /// Whether the raw request path may be forwarded.
     pub fn check(&self, raw_path: &str) -> Result<(), Refusal> {
-        // Most paths are already normal: skip the allocation for them.
-        let path = if is_normal(raw_path) { Cow::Borrowed(raw_path) } else { Cow::Owned(normalize(raw_path)) };
-        if !self.allow_sessions && is_under_ignoring_case(&path, SESSIONS) {
+        if is_ambiguous(raw_path) {
+            return Err(Refusal::Ambiguous);
+        }
+        if !self.allow_sessions && is_sessions(raw_path) {
             return Err(Refusal::Sessions);
         }
-        if self.allow.is_empty() || self.allow.iter().any(|prefix| path_starts_with(&path, prefix)) {
+        if self.allow.is_empty() || self.allow.iter().any(|prefix| prefix.covers(raw_path)) {
             Ok(())
         } else {
             Err(Refusal::NotAllowed)
@@ -57,49 +71,59 @@ impl PathPolicy {
     }
 }
 
-/// `path` is `route` or below it, in any letter case.
-fn is_under_ignoring_case(path: &str, route: &str) -> bool {
-    let (path, route) = (path.as_bytes(), route.as_bytes());
-    path.len() >= route.len()
-        && path[..route.len()].eq_ignore_ascii_case(route)
-        && (path.len() == route.len() || path[route.len()] == b'/')
-}
-
-/// Whether `normalize` would return `raw` unchanged: nothing encoded, no
-/// empty or dot segments, no trailing slash.
-fn is_normal(raw: &str) -> bool {
-    raw.starts_with('/')
-        && !raw.contains('%')
-        && !raw.contains("//")
-        && !raw.contains("/.")
-        && (raw.len() == 1 || !raw.ends_with('/'))
-}
-
-fn path_starts_with(path: &str, prefix: &str) -> bool {
-    // A prefix ending in '/' also covers the directory itself: "/api/x/" allows "/api/x".
-    path.starts_with(prefix) || prefix.strip_suffix('/').is_some_and(|p| p == path)
-}
-
-/// The path as a router sees it: decoded, without empty, `.` or `..` segments.
-pub fn normalize(raw: &str) -> String {
-    let decoded = percent_decode(raw);
-    let mut segments: Vec<&str> = Vec::new();
-    for segment in decoded.split('/') {
-        match segment {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
-            }
-            s => segments.push(s),
+impl Prefix {
+    fn covers(&self, raw_path: &str) -> bool {
+        let mut path = segments(raw_path);
+        let Some((last, init)) = self.segments.split_last() else {
+            return true; // "/" allows everything.
+        };
+        if !init.iter().all(|want| path.next().is_some_and(|got| *got == want[..])) {
+            return false;
+        }
+        match path.next() {
+            Some(got) if self.whole_last => *got == last[..],
+            Some(got) => got.starts_with(last),
+            None => false,
         }
     }
-    format!("/{}", segments.join("/"))
 }
 
-/// Decodes every `%XX` (invalid escapes stay as they are); bytes that are
-/// not UTF-8 become U+FFFD, which no prefix contains.
-fn percent_decode(raw: &str) -> String {
-    let bytes = raw.as_bytes();
+/// `/api/sessions` or below, in any letter case (Plug routes are
+/// case-sensitive, but an ingress or another service might not be).
+fn is_sessions(raw_path: &str) -> bool {
+    let mut path = segments(raw_path);
+    SESSIONS.iter().all(|want| path.next().is_some_and(|got| got.eq_ignore_ascii_case(want)))
+}
+
+/// SPEC §4: a `.` or `..` segment, literal or percent-encoded, or an encoded
+/// `/` or `\` anywhere in the path. Plug would take `%2F` as part of a
+/// segment where nginx (and RFC 3986 resolution) would see two, and `..`
+/// climbs out of a prefix for nginx but not for Plug.
+fn is_ambiguous(raw_path: &str) -> bool {
+    if raw_path.contains('%') {
+        let lower = raw_path.to_ascii_lowercase();
+        if lower.contains("%2f") || lower.contains("%5c") {
+            return true;
+        }
+    } else if !raw_path.contains("/.") && !raw_path.starts_with('.') {
+        return false; // The common case: nothing encoded and no dot segment.
+    }
+    raw_path.split('/').any(|segment| matches!(&*percent_decode(segment), b"." | b".."))
+}
+
+/// The path as Plug sees it: split on literal `/`, empty segments ignored,
+/// each segment percent-decoded.
+fn segments(raw_path: &str) -> impl Iterator<Item = Cow<'_, [u8]>> {
+    raw_path.split('/').filter(|s| !s.is_empty()).map(percent_decode)
+}
+
+/// Decodes every `%XX` of one segment (invalid escapes stay as they are);
+/// borrows when there is nothing to decode, which is most of the time.
+fn percent_decode(segment: &str) -> Cow<'_, [u8]> {
+    let bytes = segment.as_bytes();
+    if !bytes.contains(&b'%') {
+        return Cow::Borrowed(bytes);
+    }
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -119,78 +143,89 @@ fn percent_decode(raw: &str) -> String {
             }
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Spellings that ingress-nginx and Plug read differently.
+    const AMBIGUOUS: &[&str] = &[
+        "/api/v2/../data_structures/",
+        "/api/test/bytes/..%2Fecho",
+        "/api/allowed/../secret",
+        "/api/allowed/%2e%2E/secret",
+        "/api/allowed/%2e%2e%2fsecret",
+        "/api/x/./y",
+        "/./api/x",
+        "/api/x/.",
+        "/api/x/..",
+        "/api/%2e/x",
+        "/api/.%2e/x",
+        "/api/%2E./x",
+        "/api/a%2Fb",
+        "/api/a%2fb",
+        "/api/a%5Cb",
+        "/api/a%5c..",
+        "/..",
+        "..",
+        "/api/x/../sessions",
+        "/api/sessions%2Frefresh",
+    ];
+
     #[test]
-    fn normalisation_resolves_what_a_router_resolves() {
-        for (raw, normal) in [
-            ("/api/x", "/api/x"),
-            ("/api/allowed/../secret", "/api/secret"),
-            ("/api/allowed/%2e%2E/secret", "/api/secret"),
-            ("/api/allowed/%2e%2e%2fsecret", "/api/secret"),
-            ("//api//sessions/", "/api/sessions"),
-            ("/./api/./x", "/api/x"),
-            ("/../../etc", "/etc"),
-            ("/api/%73essions", "/api/sessions"),
-            ("/api/bad%zzescape%", "/api/bad%zzescape%"),
-            ("", "/"),
-        ] {
-            assert_eq!(normalize(raw), normal, "{raw}");
+    fn ambiguous_paths_are_refused_before_anything_else() {
+        let open = PathPolicy::new(&[], true);
+        for path in AMBIGUOUS {
+            assert_eq!(open.check(path), Err(Refusal::Ambiguous), "{path}");
         }
     }
 
     #[test]
-    fn the_fast_path_agrees_with_normalize() {
-        for raw in
-            ["/", "/api/x", "/api/x/", "/api/./x", "/api/%2e", "//x", "/a/..", "/api/x.json", "/.well-known", "api"]
-        {
-            if is_normal(raw) {
-                assert_eq!(normalize(raw), raw, "{raw}");
-            }
+    fn unambiguous_dots_and_escapes_pass() {
+        let open = PathPolicy::new(&[], false);
+        for path in ["/api/x.json", "/.well-known/x", "/api/...", "/api/..x", "/api/a%20b", "/api/%252e%252e", "/"] {
+            assert_eq!(open.check(path), Ok(()), "{path}");
         }
-        assert!(is_normal("/api/x.json"));
-        assert!(!is_normal("/api/x/"));
     }
 
     #[test]
     fn session_routes_are_refused_unless_allowed() {
         let policy = PathPolicy::new(&[], false);
-        for path in [
-            "/api/sessions",
-            "/api/sessions/refresh",
-            "//api/sessions",
-            "/api/x/../sessions",
-            "/API/Sessions",
-            "/api/%73essions/",
-        ] {
+        for path in ["/api/sessions", "/api/sessions/refresh", "//api/sessions", "/API/Sessions", "/api/%73essions/"] {
             assert_eq!(policy.check(path), Err(Refusal::Sessions), "{path}");
         }
-        for path in ["/api/sessionsx", "/api/ping", "/api/v2"] {
+        for path in ["/api/sessionsx", "/api/ping", "/api/v2", "/sessions", "/x/api/sessions"] {
             assert_eq!(policy.check(path), Ok(()), "{path}");
         }
         assert_eq!(PathPolicy::new(&[], true).check("/api/sessions"), Ok(()));
     }
 
     #[test]
-    fn allow_paths_cannot_be_escaped() {
+    fn allow_paths_match_decoded_segments() {
         let policy = PathPolicy::new(&["/api/data_structures/".into(), "/api/v2".into()], false);
-        for ok in ["/api/data_structures/1", "/api/data_structures", "/api/v2", "/api/v2?q", "/api/v2x"] {
-            assert_eq!(policy.check(ok.split('?').next().unwrap()), Ok(()), "{ok}");
-        }
-        for refused in [
-            "/api/data_structures/../users",
-            "/api/data_structures/%2e%2e/users",
-            "/api/data_structures/%2E%2E%2Fusers",
-            "/api/users",
-            "/",
-            "/api/data_structuresx",
+        for ok in [
+            "/api/data_structures/1",
+            "/api/data_structures",
+            "/api/data_structures/",
+            "//api//data_structures/1",
+            "/api/%64ata_structures/1",
+            "/api/v2",
+            "/api/v2x",
         ] {
+            assert_eq!(policy.check(ok), Ok(()), "{ok}");
+        }
+        for refused in ["/api/users", "/", "/api/data_structuresx", "/API/data_structures/1", "/api", "/v2"] {
             assert_eq!(policy.check(refused), Err(Refusal::NotAllowed), "{refused}");
         }
+        assert_eq!(policy.check("/api/v2/../data_structures/"), Err(Refusal::Ambiguous));
+    }
+
+    #[test]
+    fn a_root_prefix_allows_everything_unambiguous() {
+        let policy = PathPolicy::new(&["/".into()], false);
+        assert_eq!(policy.check("/anything/at/all"), Ok(()));
+        assert_eq!(policy.check("/api/sessions"), Err(Refusal::Sessions));
     }
 }

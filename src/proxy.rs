@@ -1,13 +1,14 @@
 //! The forwarding handler: checks the request against the policy, injects the
-//! bearer, streams the request to Truedat and the response back, and replays
-//! the request once after a 401.
+//! bearer, streams the request to Truedat and the response back, retries
+//! transient failures as [`retry`](crate::retry) decides, and replays the
+//! request once after a 401 that killed the token.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use http::header::CONTENT_LENGTH;
+use http::header::{CONTENT_LENGTH, ORIGIN, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -15,28 +16,37 @@ use http_body_util::Either;
 use hyper::body::{Body, Incoming};
 use tokio::sync::oneshot;
 
+use crate::access::Exchange;
+use crate::auth::liveness::Liveness;
 use crate::auth::{Auth, Credential};
 use crate::body::{ProxyBody, Streamed};
-use crate::config::ProxySettings;
+use crate::config::Config;
 use crate::error::ProxyError;
 use crate::headers::{self, REQUEST_ID};
 use crate::origin::Origin;
 use crate::paths::{PathPolicy, Refusal};
-use crate::replay::{self, Kept, UpstreamBody};
+use crate::replay::{self, Kept, Resend, UpstreamBody};
+use crate::retry::{Decision, Failure, RetryPolicy, Try};
 use crate::telemetry::{self, InFlight, MethodLabel};
 use crate::upstream::{self, FailureKind, HttpClient};
 
-/// How long to wait, after a 401, for hyper to hand back the first attempt's
-/// body. It is handed back as soon as hyper drops it, normally at once.
+/// How long to wait for hyper to hand back a try's body before sending it
+/// again. It is handed back as soon as hyper drops it, normally at once.
 const BODY_RETURN_WAIT: Duration = Duration::from_secs(5);
 
 /// The forwarding service shared by every connection.
 pub struct Proxy {
     auth: Arc<Auth>,
+    /// Tells a dead token from a 401 about something else.
+    liveness: Liveness,
     client: HttpClient,
     origin: Origin,
     policy: Policy,
+    retry: RetryPolicy,
+    /// Until Truedat's response headers arrive.
     request_timeout: Duration,
+    /// Longest silence inside a response body.
+    body_idle_timeout: Duration,
     /// Requests being answered, for the drain report at shutdown.
     in_flight: Arc<AtomicUsize>,
 }
@@ -45,25 +55,31 @@ pub struct Proxy {
 struct Policy {
     methods: Vec<Method>,
     paths: PathPolicy,
+    allow_browsers: bool,
     replay_limit: u64,
     max_head: u64,
 }
 
-/// A response from Truedat and how it was obtained.
-struct Forwarded {
-    response: Response<Incoming>,
-    replayed: bool,
+/// The outcome of sending a request, retries included.
+struct Sent {
+    result: Result<Response<Incoming>, ProxyError>,
+    /// Where the last try's body comes back (`None`: no body), for a replay.
+    kept: Option<oneshot::Receiver<Kept>>,
+}
+
+/// What is sent with every try of one request.
+struct Outgoing<'a> {
+    parts: &'a Parts,
+    credential: &'a Credential,
+    declared_len: Option<u64>,
+    arrived: Instant,
 }
 
 impl Proxy {
-    /// A proxy to `origin` through `client`, authenticating with `auth`.
-    pub fn new(
-        auth: Arc<Auth>,
-        client: HttpClient,
-        origin: Origin,
-        settings: &ProxySettings,
-        request_timeout: Duration,
-    ) -> Proxy {
+    /// A proxy to `config`'s origin through `client`, authenticating with
+    /// `auth`. `config` must have passed `Config::validate`.
+    pub fn new(auth: Arc<Auth>, liveness: Liveness, client: HttpClient, config: &Config) -> Proxy {
+        let settings = &config.proxy;
         let methods = settings
             .allow_methods
             .iter()
@@ -72,115 +88,169 @@ impl Proxy {
         let policy = Policy {
             methods,
             paths: PathPolicy::new(&settings.allow_paths, settings.allow_session_paths),
+            allow_browsers: settings.allow_browsers,
             replay_limit: settings.replay_body_limit.0,
             max_head: settings.max_request_header_bytes.0,
         };
-        Proxy { auth, client, origin, policy, request_timeout, in_flight: Arc::default() }
+        Proxy {
+            auth,
+            liveness,
+            client,
+            origin: config.origin(),
+            policy,
+            retry: RetryPolicy::new(&config.retry),
+            request_timeout: config.upstream.request_timeout.0,
+            body_idle_timeout: config.upstream.body_idle_timeout.0,
+            in_flight: Arc::default(),
+        }
     }
 
     /// Answers one client request; every failure becomes a JSON error.
     pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
-        let started = Instant::now();
+        let arrived = Instant::now();
         let in_flight = InFlight::start(&self.in_flight);
-        let method = MethodLabel::of(request.method());
         let request_id = request_id(request.headers());
-        // A cheap clone (shared bytes), kept for the access log.
-        let uri = request.uri().clone();
-        let (mut response, upstream_status, replayed) = match self.forward(request, &request_id).await {
-            Ok(Forwarded { mut response, replayed }) => {
-                let status = response.status();
+        let mut exchange =
+            Exchange::start(MethodLabel::of(request.method()), request.uri().clone(), request_id.clone());
+        let mut response = match self.forward(request, &request_id, arrived, &mut exchange).await {
+            Ok(mut response) => {
+                exchange.upstream_status = Some(response.status());
                 headers::to_client(response.headers_mut());
-                (
-                    response.map(|body| Either::Left(Streamed::new(body, self.request_timeout, in_flight))),
-                    Some(status),
-                    replayed,
-                )
+                response.map(|body| Either::Left(Streamed::new(body, self.body_idle_timeout, in_flight)))
             }
-            Err(error) => (error.into_response(), None, false),
+            Err(error) => error.into_response(),
         };
-        response.headers_mut().insert(REQUEST_ID.clone(), request_id.clone());
-        let duration = started.elapsed();
-        telemetry::record_request(method, response.status(), duration);
-        tracing::info!(
-            target: "access",
-            method = method.as_str(),
-            path = uri.path(),
-            status = response.status().as_u16(),
-            duration_ms = duration.as_secs_f64() * 1000.0,
-            upstream_status = upstream_status.map(|s| s.as_u16()),
-            request_id = request_id.to_str().unwrap_or_default(),
-            replayed,
-            "request"
-        );
+        response.headers_mut().insert(REQUEST_ID.clone(), request_id);
+        exchange.finish(response.status());
         Ok(response)
     }
 
-    async fn forward(&self, request: Request<Incoming>, request_id: &HeaderValue) -> Result<Forwarded, ProxyError> {
+    async fn forward(
+        &self,
+        request: Request<Incoming>,
+        request_id: &HeaderValue,
+        arrived: Instant,
+        exchange: &mut Exchange,
+    ) -> Result<Response<Incoming>, ProxyError> {
         self.policy.check(&request)?;
+        self.retry.deposit();
         let credential = self.auth.credential().await.ok_or_else(|| self.no_token())?;
         let (mut parts, body) = request.into_parts();
         let target = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         parts.uri =
             self.origin.join(&target).map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded"))?;
         parts.headers.insert(REQUEST_ID.clone(), request_id.clone());
-        let declared_len = content_length(&parts.headers);
-        let (body, kept) = self.first_body(body);
-        let replay_parts = clone_parts(&parts);
-        let response = match self.send(parts, body, &credential).await {
-            // A pooled connection Truedat had already closed: RFC 9110 §9.2.2
-            // lets an idempotent request without a body be sent again.
-            Err(ProxyError::Upstream(FailureKind::Protocol))
-                if kept.is_none() && is_idempotent(&replay_parts.method) =>
-            {
-                tracing::debug!("connection to Truedat broke before an answer; retrying the idempotent request once");
-                self.send(clone_parts(&replay_parts), UpstreamBody::Empty, &credential).await?
-            }
-            result => result?,
-        };
+        let outgoing =
+            Outgoing { parts: &parts, credential: &credential, declared_len: content_length(&parts.headers), arrived };
+        let body = (!body.is_end_stream()).then(|| Resend::new(body));
+        let Sent { result, kept } = self.send_with_retries(&outgoing, body, exchange).await;
+        let response = result?;
         if response.status() != StatusCode::UNAUTHORIZED {
-            return Ok(Forwarded { response, replayed: false });
+            return Ok(response);
         }
-        self.after_unauthorized(response, credential, replay_parts, kept, declared_len).await
+        exchange.upstream_status = Some(response.status());
+        self.after_unauthorized(response, &outgoing, kept, exchange).await
     }
 
-    /// Truedat said 401: the token is dead. Log in again (once, however many
-    /// requests saw it) and replay this request if its body was kept.
+    /// Sends the request, and again while a try fails in a way SPEC §4
+    /// calls transient and the retry policy allows it.
+    async fn send_with_retries(
+        &self,
+        outgoing: &Outgoing<'_>,
+        mut body: Option<Resend>,
+        exchange: &mut Exchange,
+    ) -> Sent {
+        let mut retries = 0;
+        loop {
+            let (upstream_body, kept) = match body.take() {
+                None => (UpstreamBody::Empty, None),
+                Some(body) => {
+                    let (tape, kept) = replay::tape(body, self.policy.replay_limit);
+                    (UpstreamBody::Tape(tape), Some(kept))
+                }
+            };
+            exchange.attempts += 1;
+            let result = self.send(clone_parts(outgoing.parts), upstream_body, outgoing.credential).await;
+            let head = match &result {
+                Ok(response) if self.retry.is_transient(response.status()) => Some(response.headers().clone()),
+                _ => None,
+            };
+            let Some(failure) = transient(&result, head.as_ref()) else {
+                return Sent { result, kept };
+            };
+            let mut attempt = Try {
+                method: &outgoing.parts.method,
+                resendable: true,
+                failure,
+                elapsed: outgoing.arrived.elapsed(),
+                retries,
+            };
+            if !self.retry.could_retry(&attempt) {
+                return Sent { result, kept };
+            }
+            let next = match kept {
+                None => Some(None),
+                Some(kept) => self.take_back(kept, outgoing.declared_len).await.map(Some),
+            };
+            attempt.resendable = next.is_some();
+            let Decision::Retry { after, reason } = self.retry.decide(&attempt, rand::random()) else {
+                return Sent { result, kept: None };
+            };
+            tracing::debug!(
+                reason = reason.label(),
+                retry_in_ms = after.as_millis() as u64,
+                "retrying a transient failure"
+            );
+            telemetry::record_retry(reason.label());
+            // A discarded response is dropped unread: hyper then closes its
+            // connection instead of pooling one in the middle of a body.
+            drop(result);
+            tokio::time::sleep(after).await;
+            body = next.flatten();
+            retries += 1;
+        }
+    }
+
+    /// The body a finished try kept, ready to be sent again, if it can be.
+    async fn take_back(&self, kept: oneshot::Receiver<Kept>, declared_len: Option<u64>) -> Option<Resend> {
+        match tokio::time::timeout(BODY_RETURN_WAIT, kept).await {
+            Ok(Ok(kept)) => kept.into_resend(declared_len, self.policy.replay_limit),
+            _ => None,
+        }
+    }
+
+    /// Truedat said 401. If the token is dead (SPEC §3.4), log in again
+    /// (once, however many requests saw it) and replay this request if its
+    /// body was kept; if it lives, the 401 was about something else and goes
+    /// to the client as it is.
     async fn after_unauthorized(
         &self,
         response: Response<Incoming>,
-        credential: Credential,
-        parts: Parts,
+        outgoing: &Outgoing<'_>,
         kept: Option<oneshot::Receiver<Kept>>,
-        declared_len: Option<u64>,
-    ) -> Result<Forwarded, ProxyError> {
+        exchange: &mut Exchange,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let generation = outgoing.credential.generation;
+        if !self.auth.known_dead(generation) && self.liveness.is_alive(outgoing.credential).await {
+            return Ok(response);
+        }
         let body = match kept {
-            None => Some(UpstreamBody::Empty),
-            Some(kept) => match tokio::time::timeout(BODY_RETURN_WAIT, kept).await {
-                Ok(Ok(kept)) => kept.into_replay(declared_len, self.policy.replay_limit).map(UpstreamBody::Replay),
-                _ => None,
-            },
+            None => Some(None),
+            Some(kept) => self.take_back(kept, outgoing.declared_len).await.map(Some),
         };
-        self.auth.report_unauthorized(credential.generation);
+        self.auth.report_unauthorized(generation);
         let Some(body) = body else {
             // Too large to replay: the client gets Truedat's 401; the login
             // still happens, for the next requests.
-            return Ok(Forwarded { response, replayed: false });
+            return Ok(response);
         };
-        let credential = self.auth.successor(credential.generation).await.ok_or_else(|| self.no_token())?;
+        let credential = self.auth.successor(generation).await.ok_or_else(|| self.no_token())?;
         drop(response);
-        let replayed = self.send(parts, body, &credential).await;
+        exchange.replayed = true;
+        let replay = Outgoing { credential: &credential, ..*outgoing };
+        let replayed = self.send_with_retries(&replay, body, exchange).await.result;
         telemetry::record_replay(replayed.as_ref().is_ok_and(|r| r.status() != StatusCode::UNAUTHORIZED));
-        Ok(Forwarded { response: replayed?, replayed: true })
-    }
-
-    /// The client's body for the first attempt, and where its kept copy will
-    /// come back (`None`: no body, nothing to keep).
-    fn first_body(&self, body: Incoming) -> (UpstreamBody, Option<oneshot::Receiver<Kept>>) {
-        if body.is_end_stream() {
-            return (UpstreamBody::Empty, None);
-        }
-        let (tape, kept) = replay::tape(body, self.policy.replay_limit);
-        (UpstreamBody::Tape(tape), Some(kept))
+        replayed
     }
 
     /// One attempt: bearer in, bounded wait for the response headers.
@@ -191,9 +261,18 @@ impl Proxy {
         credential: &Credential,
     ) -> Result<Response<Incoming>, ProxyError> {
         headers::to_upstream(&mut parts.headers, credential.bearer.clone());
+        if !body.is_end_stream() && body.size_hint().exact().is_none() {
+            // A body of unknown length (the client sent it chunked): hyper's
+            // client would frame it as empty on a GET or HEAD unless told.
+            parts.headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        }
         let request = Request::from_parts(parts, body);
         match tokio::time::timeout(self.request_timeout, self.client.request(request)).await {
             Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) if upstream::client_went_away(&error) => {
+                tracing::debug!(error = %upstream::root_cause(&error), "the client went away in the middle of its upload");
+                Err(ProxyError::ClientClosed)
+            }
             Ok(Err(error)) => {
                 let kind = upstream::classify(&error);
                 telemetry::record_upstream_error(kind.label());
@@ -221,19 +300,29 @@ impl Proxy {
 impl Policy {
     /// SPEC §4–§5: what is refused before anything is sent.
     fn check(&self, request: &Request<Incoming>) -> Result<(), ProxyError> {
-        if request.method() == Method::CONNECT {
-            return Err(ProxyError::MethodNotAllowed(
-                "CONNECT is not supported: this proxy only forwards requests to Truedat",
+        let path = self.paths.check(request.uri().path());
+        if path == Err(Refusal::Ambiguous) {
+            return Err(ProxyError::BadRequest(
+                "ambiguous path: dot segments and encoded slashes or backslashes are read differently by \
+                 Truedat's router and its ingress, so they are not forwarded",
             ));
         }
+        check_method(request.method())?;
         if !self.methods.is_empty() && !self.methods.contains(request.method()) {
             return Err(ProxyError::MethodNotAllowed("method not allowed by proxy.allow_methods"));
         }
         if head_size(request) > self.max_head {
             return Err(ProxyError::HeadTooLarge);
         }
-        match self.paths.check(request.uri().path()) {
-            Ok(()) => Ok(()),
+        check_transfer_coding(request.headers())?;
+        if !self.allow_browsers && is_from_browser(request.headers()) {
+            return Err(ProxyError::Forbidden(
+                "requests from web browsers are refused (proxy.allow_browsers): a web page must not act as the \
+                 service user",
+            ));
+        }
+        match path {
+            Ok(()) | Err(Refusal::Ambiguous) => Ok(()),
             Err(Refusal::Sessions) => Err(ProxyError::Forbidden(
                 "session routes are not forwarded (proxy.allow_session_paths): the proxy manages its own session",
             )),
@@ -242,9 +331,55 @@ impl Policy {
     }
 }
 
-/// RFC 9110 §9.2.2: methods whose repetition has the effect of one request.
-fn is_idempotent(method: &Method) -> bool {
-    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+/// CONNECT would tunnel elsewhere with the proxy's help; a server that
+/// implements TRACE (or IIS's TRACK) echoes the request back, bearer included.
+fn check_method(method: &Method) -> Result<(), ProxyError> {
+    if method == Method::CONNECT {
+        return Err(ProxyError::MethodNotAllowed(
+            "CONNECT is not supported: this proxy only forwards requests to Truedat",
+        ));
+    }
+    if method == Method::TRACE || method.as_str() == "TRACK" {
+        return Err(ProxyError::MethodNotAllowed(
+            "TRACE and TRACK are not forwarded: Truedat would echo the proxy's credentials back",
+        ));
+    }
+    Ok(())
+}
+
+/// Only `chunked` is forwarded (SPEC §4): the proxy cannot re-frame a body
+/// in another coding it does not implement (RFC 9112 §6.1 allows a 501).
+fn check_transfer_coding(headers: &HeaderMap) -> Result<(), ProxyError> {
+    let other = headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .any(|coding| !coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+    if other {
+        return Err(ProxyError::NotImplemented("only the chunked transfer coding is supported on requests"));
+    }
+    Ok(())
+}
+
+/// Browsers send `Origin` on cross-site and non-GET requests and
+/// `Sec-Fetch-*` on every request (Fetch Metadata); tools send neither.
+fn is_from_browser(headers: &HeaderMap) -> bool {
+    headers.contains_key(ORIGIN) || headers.keys().any(|name| name.as_str().starts_with("sec-fetch-"))
+}
+
+/// What about a try's outcome could be transient (SPEC §4), `None` when it
+/// is final: a success, a 401 (the replay's business), the client gone.
+fn transient<'a>(result: &Result<Response<Incoming>, ProxyError>, head: Option<&'a HeaderMap>) -> Option<Failure<'a>> {
+    match result {
+        Ok(response) => head.map(|headers| Failure::Status(response.status(), headers)),
+        // Raised by the connector: nothing of the request reached Truedat.
+        Err(ProxyError::Upstream(FailureKind::Connect | FailureKind::Tls | FailureKind::Timeout)) => {
+            Some(Failure::Connect)
+        }
+        Err(ProxyError::Upstream(FailureKind::Protocol)) => Some(Failure::Reset),
+        Err(ProxyError::Timeout) => Some(Failure::Timeout),
+        Err(_) => None,
+    }
 }
 
 /// The size of the request head as received (request line and fields).

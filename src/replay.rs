@@ -1,14 +1,15 @@
 //! Request bodies sent upstream, and the bounded copy that lets a request be
-//! replayed once after a 401.
+//! sent again: retried after a transient failure, or replayed after a 401.
 //!
-//! In the spirit of linkerd's `ReplayBody`: the first attempt streams the
-//! client's body to Truedat frame by frame while keeping the frames it has
-//! sent, up to `proxy.replay_body_limit`. When hyper is done with that body
-//! it is dropped, and the drop hands the kept frames (and the unread rest of
-//! the client's body, if Truedat answered early) back to the request handler
-//! over a oneshot channel: no lock, no copy of the bytes (`Bytes` clones
-//! share the buffer). A body that outgrows the limit stops keeping anything,
-//! so memory stays bounded whatever the upload's size.
+//! In the spirit of linkerd's `ReplayBody`: each try streams the client's
+//! body to Truedat frame by frame while keeping the frames it has sent, up to
+//! `proxy.replay_body_limit`. When hyper is done with that body it is
+//! dropped, and the drop hands the kept frames (and the unread rest of the
+//! body, if Truedat answered early or was never reached) back to the request
+//! handler over a oneshot channel: no lock, no copy of the bytes (`Bytes`
+//! clones share the buffer). The next try streams the kept frames, then the
+//! rest, keeping again. A body that outgrows the limit stops keeping
+//! anything, so memory stays bounded whatever the upload's size.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -21,16 +22,18 @@ use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
 /// Any body the proxy sends to Truedat.
+// The tape is the large variant and the common one for bodies; boxing it
+// would add an allocation to every request with a body for nothing: the
+// value is built once and moved into hyper's request, never copied around.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum UpstreamBody {
     /// No body at all (GET, DELETE, logout…).
     Empty,
     /// A body the proxy built itself (login, refresh).
     Full(Option<Bytes>),
-    /// A client's body on its first attempt.
+    /// A client's body, on any try.
     Tape(Tape),
-    /// A client's body on its replay.
-    Replay(Replay),
 }
 
 impl UpstreamBody {
@@ -40,17 +43,24 @@ impl UpstreamBody {
     }
 }
 
+/// Reading the client's body failed: the client went away mid-upload (or
+/// sent a broken chunk). A distinct type, so that the failure of the request
+/// to Truedat it causes is blamed on the client (499), not on Truedat.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body ended early: {0}")]
+pub struct ClientBodyError(#[source] pub hyper::Error);
+
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ClientBodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            UpstreamBody::Empty => Poll::Ready(None),
-            UpstreamBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            UpstreamBody::Tape(tape) => Pin::new(tape).poll_frame(cx),
-            UpstreamBody::Replay(replay) => Pin::new(replay).poll_frame(cx),
-        }
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        let frame = match self.get_mut() {
+            UpstreamBody::Empty => return Poll::Ready(None),
+            UpstreamBody::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            UpstreamBody::Tape(tape) => ready!(Pin::new(tape).poll_frame(cx)),
+        };
+        Poll::Ready(frame.map(|f| f.map_err(ClientBodyError)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -58,7 +68,6 @@ impl Body for UpstreamBody {
             UpstreamBody::Empty => true,
             UpstreamBody::Full(bytes) => bytes.is_none(),
             UpstreamBody::Tape(tape) => tape.is_end_stream(),
-            UpstreamBody::Replay(replay) => replay.is_end_stream(),
         }
     }
 
@@ -67,14 +76,13 @@ impl Body for UpstreamBody {
             UpstreamBody::Empty => SizeHint::with_exact(0),
             UpstreamBody::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             UpstreamBody::Tape(tape) => tape.size_hint(),
-            UpstreamBody::Replay(replay) => replay.size_hint(),
         }
     }
 }
 
-/// The first attempt's body: streams the client's frames and keeps a copy.
+/// One try's body: streams the client's frames and keeps a copy.
 #[derive(Debug)]
-pub struct Tape<B: Body = Incoming> {
+pub struct Tape<B: Body = Resend> {
     inner: Option<B>,
     kept: Vec<Bytes>,
     kept_len: u64,
@@ -87,18 +95,18 @@ pub struct Tape<B: Body = Incoming> {
     give_back: Option<oneshot::Sender<Kept<B>>>,
 }
 
-/// What the first attempt kept, handed back when its body is dropped.
+/// What a try kept, handed back when its body is dropped.
 #[derive(Debug)]
-pub struct Kept<B = Incoming> {
+pub struct Kept<B = Resend> {
     frames: Vec<Bytes>,
     len: u64,
     trailers: Option<HeaderMap>,
-    /// The part of the client's body the first attempt never read.
+    /// The part of the body the try never read.
     rest: Option<B>,
 }
 
-/// Wraps a client's body for its first attempt; the receiver yields the kept
-/// copy once the attempt is over, or an error if the body was not kept.
+/// Wraps a body for one try; the receiver yields the kept copy once the try
+/// is over, or an error if the body was not kept.
 pub fn tape<B: Body>(body: B, limit: u64) -> (Tape<B>, oneshot::Receiver<Kept<B>>) {
     let (give_back, kept) = oneshot::channel();
     let tape = Tape {
@@ -178,28 +186,50 @@ impl<B: Body> Drop for Tape<B> {
     }
 }
 
-impl<B: Body> Kept<B> {
-    /// The body for the replay, if the request may be replayed: either the
-    /// client's body was read whole, or its declared length is within the
-    /// limit and the rest can still be read from the client.
-    pub fn into_replay(self, declared_len: Option<u64>, limit: u64) -> Option<Replay<B>> {
-        if self.rest.is_some() && declared_len.is_none_or(|len| len > limit) {
-            return None;
+impl<B: Body> Kept<Resend<B>> {
+    /// The body for the next try, if the request may be sent again: the
+    /// client's body was read whole; or nothing of it was read (Truedat was
+    /// never reached); or its declared length is within the limit, so the
+    /// next try keeps all of it too.
+    pub fn into_resend(self, declared_len: Option<u64>, limit: u64) -> Option<Resend<B>> {
+        let untouched = self.len == 0;
+        match self.rest {
+            Some(_) if !untouched && declared_len.is_none_or(|len| len > limit) => None,
+            None => {
+                Some(Resend { frames: self.frames.into(), kept_len: self.len, rest: None, trailers: self.trailers })
+            }
+            Some(rest) => {
+                let mut frames: VecDeque<Bytes> = self.frames.into();
+                frames.extend(rest.frames);
+                Some(Resend {
+                    frames,
+                    kept_len: self.len + rest.kept_len,
+                    rest: rest.rest,
+                    trailers: rest.trailers.or(self.trailers),
+                })
+            }
         }
-        Some(Replay { frames: self.frames.into(), kept_len: self.len, rest: self.rest, trailers: self.trailers })
     }
 }
 
-/// The replay's body: the kept frames, then whatever the client still sends.
+/// A body to send: frames kept by an earlier try, then whatever the client
+/// still sends.
 #[derive(Debug)]
-pub struct Replay<B = Incoming> {
+pub struct Resend<B = Incoming> {
     frames: VecDeque<Bytes>,
     kept_len: u64,
     rest: Option<B>,
     trailers: Option<HeaderMap>,
 }
 
-impl<B: Body<Data = Bytes> + Unpin> Body for Replay<B> {
+impl<B> Resend<B> {
+    /// The client's body, before any try.
+    pub fn new(body: B) -> Resend<B> {
+        Resend { frames: VecDeque::new(), kept_len: 0, rest: Some(body), trailers: None }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Resend<B> {
     type Data = Bytes;
     type Error = B::Error;
 
@@ -249,42 +279,68 @@ mod tests {
         StreamBody::new(futures_util::stream::iter(frames))
     }
 
-    async fn send(tape: Tape<StreamBody<Frames>>) -> Bytes {
+    async fn send(tape: Tape<Resend<StreamBody<Frames>>>) -> Bytes {
         tape.collect().await.unwrap().to_bytes()
+    }
+
+    fn client(chunks: &[&'static str]) -> Resend<StreamBody<Frames>> {
+        Resend::new(client_body(chunks))
     }
 
     #[tokio::test]
     async fn a_small_body_streams_and_comes_back_for_the_replay() {
-        let (tape, kept) = tape(client_body(&["hello ", "world"]), 64);
+        let (tape, kept) = tape(client(&["hello ", "world"]), 64);
         assert_eq!(send(tape).await, "hello world");
-        let replay = kept.await.unwrap().into_replay(None, 64).unwrap();
+        let replay = kept.await.unwrap().into_resend(None, 64).unwrap();
         assert_eq!(replay.size_hint().exact(), Some(11));
         assert_eq!(replay.collect().await.unwrap().to_bytes(), "hello world");
     }
 
     #[tokio::test]
     async fn a_body_over_the_limit_is_streamed_but_not_kept() {
-        let (tape, kept) = tape(client_body(&["0123456789", "0123456789"]), 15);
+        let (tape, kept) = tape(client(&["0123456789", "0123456789"]), 15);
         assert_eq!(send(tape).await.len(), 20);
         assert!(kept.await.is_err(), "nothing may be kept past the limit");
     }
 
     #[tokio::test]
     async fn an_unread_rest_is_replayed_after_the_kept_part() {
-        let (mut tape, kept) = tape(client_body(&["abc", "def", "ghi"]), 64);
+        let (mut tape, kept) = tape(client(&["abc", "def", "ghi"]), 64);
         let first = tape.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(first, "abc");
         drop(tape); // Truedat answered before reading the whole body.
         let kept = kept.await.unwrap();
-        let replay = kept.into_replay(Some(9), 64).unwrap();
+        let replay = kept.into_resend(Some(9), 64).unwrap();
         assert_eq!(replay.collect().await.unwrap().to_bytes(), "abcdefghi");
     }
 
     #[tokio::test]
+    async fn an_untouched_body_of_any_size_can_be_sent_again() {
+        // A try that never reached Truedat read nothing: the whole body is
+        // still there, however large and whatever its declared length.
+        let (tape, kept) = tape(client(&["0123456789", "0123456789"]), 4);
+        drop(tape);
+        let resend = kept.await.unwrap().into_resend(None, 4).unwrap();
+        assert_eq!(resend.collect().await.unwrap().to_bytes(), "01234567890123456789");
+    }
+
+    #[tokio::test]
+    async fn a_body_is_kept_across_several_tries() {
+        let (mut first, kept) = tape(client(&["abc", "def", "ghi"]), 64);
+        first.frame().await.unwrap().unwrap();
+        drop(first);
+        let (second, kept) = tape(kept.await.unwrap().into_resend(Some(9), 64).unwrap(), 64);
+        assert_eq!(send(second).await, "abcdefghi");
+        let third = kept.await.unwrap().into_resend(Some(9), 64).unwrap();
+        assert_eq!(third.size_hint().exact(), Some(9));
+        assert_eq!(third.collect().await.unwrap().to_bytes(), "abcdefghi");
+    }
+
+    #[tokio::test]
     async fn an_unread_rest_of_unknown_length_is_not_replayed() {
-        let (mut tape, kept) = tape(client_body(&["abc", "def"]), 64);
+        let (mut tape, kept) = tape(client(&["abc", "def"]), 64);
         tape.frame().await.unwrap().unwrap();
         drop(tape);
-        assert!(kept.await.unwrap().into_replay(None, 64).is_none());
+        assert!(kept.await.unwrap().into_resend(None, 64).is_none());
     }
 }

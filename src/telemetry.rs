@@ -26,6 +26,7 @@ pub const READY: &str = "truedat_proxy_ready";
 pub const IN_FLIGHT: &str = "truedat_proxy_in_flight_requests";
 pub const LOGIN_DURATION: &str = "truedat_proxy_login_duration_seconds";
 pub const BUILD_INFO: &str = "truedat_proxy_build_info";
+pub const UPSTREAM_RETRIES: &str = "truedat_proxy_upstream_retries_total";
 
 /// Request latency buckets: from a loopback round trip to a slow report.
 const REQUEST_BUCKETS: [f64; 16] =
@@ -77,6 +78,10 @@ fn describe() {
     describe_gauge!(IN_FLIGHT, "Requests being forwarded right now.");
     describe_histogram!(LOGIN_DURATION, Unit::Seconds, "Duration of login calls to Truedat.");
     describe_gauge!(BUILD_INFO, "Always 1; the version label names the build.");
+    describe_counter!(UPSTREAM_RETRIES, "Tries sent to Truedat again after a transient failure, by reason.");
+    for reason in crate::retry::Reason::ALL {
+        counter!(UPSTREAM_RETRIES, "reason" => reason.label()).absolute(0);
+    }
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     for kind in ["connect", "tls", "timeout", "protocol"] {
         counter!(UPSTREAM_ERRORS, "kind" => kind).absolute(0);
@@ -166,6 +171,11 @@ fn in_flight_gauge() -> &'static Gauge {
 /// A failure talking to Truedat.
 pub fn record_upstream_error(kind: &'static str) {
     counter!(UPSTREAM_ERRORS, "kind" => kind).increment(1);
+}
+
+/// A try sent again after a transient failure.
+pub fn record_retry(reason: &'static str) {
+    counter!(UPSTREAM_RETRIES, "reason" => reason).increment(1);
 }
 
 /// A replay after a 401 and whether Truedat accepted it.

@@ -26,6 +26,15 @@ impl Dur {
     }
 }
 
+/// The longest duration any setting accepts. Far beyond any sensible
+/// timeout, and far enough from `Instant`'s range that adding a few of them
+/// to the current time can never overflow (which would panic).
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// The largest size any setting accepts, for the same reason: sizes are
+/// added and doubled, and must never overflow.
+pub const MAX_SIZE: u64 = 1 << 40;
+
 impl FromStr for Dur {
     type Err = String;
 
@@ -35,9 +44,12 @@ impl FromStr for Dur {
         if s == "0" {
             return Ok(Dur(Duration::ZERO));
         }
-        humantime::parse_duration(s)
-            .map(Dur)
-            .map_err(|e| format!("invalid duration {s:?} ({e}); write it like \"250ms\", \"30s\" or \"5m\""))
+        let d = humantime::parse_duration(s)
+            .map_err(|e| format!("invalid duration {s:?} ({e}); write it like \"250ms\", \"30s\" or \"5m\""))?;
+        if d > MAX_DURATION {
+            return Err(format!("duration {s:?} is too long: at most {}", Dur(MAX_DURATION)));
+        }
+        Ok(Dur(d))
     }
 }
 
@@ -69,7 +81,11 @@ impl FromStr for Size {
             .find_map(|(suffix, unit)| text.strip_suffix(suffix).map(|n| (n.trim(), *unit)))
             .ok_or_else(invalid)?;
         let number: u64 = number.parse().map_err(|_| invalid())?;
-        number.checked_mul(unit).map(Size).ok_or_else(invalid)
+        let bytes = number.checked_mul(unit).ok_or_else(invalid)?;
+        if bytes > MAX_SIZE {
+            return Err(format!("size {s:?} is too large: at most {}", Size(MAX_SIZE)));
+        }
+        Ok(Size(bytes))
     }
 }
 
@@ -128,6 +144,9 @@ mod tests {
         }
         assert_eq!(Dur::secs(90).to_string(), "1m30s");
         assert!("5".parse::<Dur>().is_err());
+        assert!("367days".parse::<Dur>().is_err());
+        assert!("18446744073709551615s".parse::<Dur>().is_err());
+        assert_eq!("366days".parse::<Dur>().unwrap().0, MAX_DURATION);
         assert!("soon".parse::<Dur>().is_err());
     }
 
@@ -140,7 +159,7 @@ mod tests {
         }
         assert_eq!(Size(1 << 20).to_string(), "1MiB");
         assert_eq!(Size(1000).to_string(), "1000B");
-        for bad in ["", "KiB", "-1KiB", "1.5MiB", "1MB", "99999999999999999999GiB"] {
+        for bad in ["", "KiB", "-1KiB", "1.5MiB", "1MB", "99999999999999999999GiB", "1025GiB"] {
             assert!(bad.parse::<Size>().is_err(), "{bad}");
         }
     }

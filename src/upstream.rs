@@ -25,9 +25,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
 use tower_service::Service;
 
-use crate::config::{ProxyEnv, Upstream};
+use crate::config::{ProxyEnv, Upstream, parse_egress_proxy};
 use crate::origin::Origin;
-use crate::replay::UpstreamBody;
+use crate::replay::{ClientBodyError, UpstreamBody};
 
 /// The client every upstream call goes through.
 pub type HttpClient = Client<Connector, UpstreamBody>;
@@ -97,22 +97,33 @@ pub fn classify(error: &hyper_util::client::legacy::Error) -> FailureKind {
 
 /// A timeout or TLS failure anywhere in the chain of causes.
 fn cause_kind(error: &(dyn StdError + 'static)) -> Option<FailureKind> {
-    let mut source = Some(error);
-    while let Some(e) = source {
+    causes(error).find_map(|e| {
         if e.is::<ConnectTimeout>() {
-            return Some(FailureKind::Timeout);
+            Some(FailureKind::Timeout)
+        } else if e.is::<rustls::Error>() {
+            Some(FailureKind::Tls)
+        } else {
+            None
         }
-        if e.is::<rustls::Error>() {
-            return Some(FailureKind::Tls);
-        }
+    })
+}
+
+/// Whether the request failed because the client's own body broke (the
+/// client went away mid-upload): the client's doing, not Truedat's.
+pub fn client_went_away(error: &(dyn StdError + 'static)) -> bool {
+    causes(error).any(|e| e.is::<ClientBodyError>())
+}
+
+/// `error` and its chain of causes.
+fn causes<'a>(error: &'a (dyn StdError + 'static)) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    std::iter::successors(Some(error), |&e: &&'a (dyn StdError + 'static)| {
         // An io::Error's source() skips the error it wraps, and hyper-rustls
         // wraps the rustls::Error in two of them: step into it explicitly.
-        source = match e.downcast_ref::<std::io::Error>() {
+        match e.downcast_ref::<std::io::Error>() {
             Some(io) => io.get_ref().map(|inner| inner as &(dyn StdError + 'static)),
             None => e.source(),
-        };
-    }
-    None
+        }
+    })
 }
 
 /// The innermost cause of an error, for a log line (never carries a secret:
@@ -128,18 +139,6 @@ pub fn root_cause(error: &(dyn StdError + 'static)) -> String {
         source = e.source();
     }
     messages.join(": ")
-}
-
-/// Checks `upstream.egress_proxy`: `http://host:port`, nothing more.
-pub fn parse_egress_proxy(value: &str) -> Result<Uri, String> {
-    let uri: Uri = value.parse().map_err(|e| format!("{value:?} is not a URL ({e})"))?;
-    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-        return Err(format!("{value:?} must look like http://host:port"));
-    }
-    if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
-        return Err(format!("{value:?}: a proxy URL has no path or query"));
-    }
-    Ok(uri)
 }
 
 /// The TLS client configuration. For a plain-http upstream no handshake ever
@@ -233,7 +232,8 @@ impl Dial {
         let Some((proxy, auth)) = found else {
             return Ok(Dial::Direct(tcp));
         };
-        tracing::info!(proxy = %proxy.authority().map(|a| a.as_str()).unwrap_or_default(), "reaching Truedat through an egress proxy with CONNECT");
+        let shown = proxy.authority().map(|a| format!("{}:{}", a.host(), a.port_u16().unwrap_or(80)));
+        tracing::info!(proxy = shown.unwrap_or_default(), "reaching Truedat through an egress proxy with CONNECT");
         let tunnel = Tunnel::new(proxy, tcp);
         Ok(Dial::Tunnel(match auth {
             Some(auth) => tunnel.with_auth(auth),
@@ -333,14 +333,6 @@ impl Service<Uri> for Connector {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn egress_proxy_must_be_plain_http_host_port() {
-        assert!(parse_egress_proxy("http://proxy.corp:3128").is_ok());
-        for bad in ["proxy.corp:3128", "https://proxy:3128", "http://proxy:3128/path", "socks5://p:1080"] {
-            assert!(parse_egress_proxy(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn tls_errors_wrapped_in_io_errors_are_found() {

@@ -6,11 +6,13 @@
 //! - `jwt`: the token's lifetime from its claims.
 //! - `backoff`: delays between failed logins.
 //! - `probe`: ends that delay early when an unreachable Truedat answers pings again.
+//! - `liveness`: whether a token Truedat answered 401 to is really dead.
 //! - `renewer`: the one task that logs in, so logins are single-flight by construction.
 
 pub mod backoff;
 pub mod cell;
 pub mod jwt;
+pub mod liveness;
 pub mod probe;
 pub mod renewer;
 pub mod session;
@@ -72,6 +74,12 @@ impl Auth {
             self.cell.revoke(generation);
             self.wake.notify_one();
         }
+    }
+
+    /// Whether a 401 on `generation` (or a newer one) was already found to
+    /// mean a dead token: no need to ask Truedat again.
+    pub fn known_dead(&self, generation: u64) -> bool {
+        self.dead.load(Ordering::Acquire) >= generation
     }
 
     /// Waits for a token newer than `generation`: the login a 401 triggered.

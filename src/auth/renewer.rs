@@ -43,6 +43,10 @@ pub struct Renewer {
     auth: Arc<Auth>,
     sessions: Arc<Sessions>,
     settings: TokenSettings,
+    /// Every token obtained that may still be alive in Truedat: after a
+    /// renewal by login the previous one lives on until its own expiry, and
+    /// all of them are logged out at shutdown (SPEC §3.6).
+    issued: Vec<Arc<Token>>,
 }
 
 /// When the token in hand must be replaced, and when it stops being usable.
@@ -54,6 +58,11 @@ pub struct Schedule {
 
 /// Time kept in hand for a request to reach Truedat before the token expires.
 const TRAVEL: Duration = Duration::from_millis(500);
+
+/// At most one token per second (SPEC §3.2), however short the lifetime
+/// Truedat issues: a server misconfigured with 1-second tokens must not turn
+/// the proxy into a login loop.
+pub const MIN_TOKEN_GAP: Duration = Duration::from_secs(1);
 
 /// Plans a token's life (SPEC §3.3). The token is not sent during its last
 /// half second (the request still has to travel to Truedat),
@@ -72,55 +81,66 @@ pub fn schedule(lifetime: Duration, refresh_before: Duration, jitter: f64) -> Sc
 impl Renewer {
     /// A renewer storing tokens into `auth`.
     pub fn new(auth: Arc<Auth>, sessions: Arc<Sessions>, settings: TokenSettings) -> Renewer {
-        Renewer { auth, sessions, settings }
+        Renewer { auth, sessions, settings, issued: Vec::new() }
     }
 
-    /// Logs in, then keeps the token fresh; retries failures with backoff.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Logs in, then keeps the token fresh, until `shutdown` fires; returns
+    /// the tokens obtained that may still be alive, for the logout.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Vec<Arc<Token>> {
+        tokio::select! {
+            () = self.renew_forever() => {}
+            () = shutdown.cancelled() => {}
+        }
+        let now = Instant::now();
+        self.issued.retain(|t| t.usable_until() > now);
+        self.issued
+    }
+
+    /// Obtains tokens, retrying failures with backoff; never returns.
+    async fn renew_forever(&mut self) {
         let mut reason = Reason::Startup;
         let mut backoff = Backoff::new(self.settings.retry_initial.0, self.settings.retry_max.0);
         let mut failures = Failures::default();
         let mut rejections = Rejections::new(self.settings.retry_initial.0, self.settings.retry_max.0);
         let mut outage = Outage::default();
         loop {
-            let outcome = tokio::select! {
-                outcome = self.renew(reason) => outcome,
-                () = shutdown.cancelled() => return,
-            };
-            match outcome {
+            match self.renew(reason).await {
                 Ok(renew_at) => {
                     failures.recovered();
                     outage.ended();
                     backoff.reset();
                     let obtained = Instant::now();
-                    reason = tokio::select! {
-                        reason = self.next_trigger(renew_at) => reason,
-                        () = shutdown.cancelled() => return,
-                    };
-                    if reason == Reason::Expiry {
+                    reason = self.next_trigger(renew_at.max(obtained + MIN_TOKEN_GAP)).await;
+                    let pause = match reason {
                         // A token that lived to its renewal: whatever 401s came
                         // before were about tokens, not a broken endpoint.
-                        rejections.reset();
-                    } else if reason == Reason::Unauthorized {
-                        let pause = rejections.after_unauthorized(obtained.elapsed());
-                        tokio::select! {
-                            () = tokio::time::sleep(pause) => {}
-                            () = shutdown.cancelled() => return,
+                        Reason::Expiry | Reason::Startup => {
+                            rejections.reset();
+                            Duration::ZERO
                         }
-                    }
+                        Reason::Unauthorized => {
+                            self.forget_dead();
+                            rejections.after_unauthorized(obtained.elapsed())
+                        }
+                    };
+                    let gap = (obtained + MIN_TOKEN_GAP).saturating_duration_since(Instant::now());
+                    tokio::time::sleep(pause.max(gap)).await;
                 }
                 Err(error) => {
                     self.auth.set_failure(Some(error.readiness_reason()));
                     let delay = backoff.next_delay();
                     failures.record(&error, reason, delay);
                     outage.login_failed(probe::arms(&error), tokio::time::Instant::now());
-                    tokio::select! {
-                        () = self.wait_after_failure(delay, &mut outage) => {}
-                        () = shutdown.cancelled() => return,
-                    }
+                    self.wait_after_failure(delay, &mut outage).await;
                 }
             }
         }
+    }
+
+    /// The current token was answered 401: its session is gone already.
+    fn forget_dead(&mut self) {
+        let dead = self.auth.cell().generation();
+        self.issued.retain(|t| t.generation != dead);
     }
 
     /// Waits out the backoff `delay`, or less when probes see an unreachable
@@ -147,10 +167,14 @@ impl Renewer {
     }
 
     /// Obtains and stores a new token; returns when to renew it.
-    async fn renew(&self, reason: Reason) -> Result<Instant, SessionError> {
+    async fn renew(&mut self, reason: Reason) -> Result<Instant, SessionError> {
         let issued = match self.refreshable(reason) {
             Some(token) => match self.refresh(&token).await {
-                Ok(issued) => issued,
+                Ok(issued) => {
+                    // Truedat revoked the refreshed token at once.
+                    self.issued.retain(|t| t.generation != token.generation);
+                    issued
+                }
                 Err(error) => {
                     tracing::warn!(error = %error, "token refresh failed; falling back to a full login");
                     self.login().await?
@@ -183,7 +207,7 @@ impl Renewer {
         result
     }
 
-    fn store(&self, issued: Issued, reason: Reason) -> Instant {
+    fn store(&mut self, issued: Issued, reason: Reason) -> Instant {
         let received = Instant::now();
         let (lifetime, source) =
             jwt::lifetime(issued.access.expose_secret(), SystemTime::now(), self.settings.fallback_lifetime.0);
@@ -192,6 +216,8 @@ impl Renewer {
         let token = Token::new(issued.access.expose_secret(), issued.refresh, received + plan.usable_for, expires_at)
             .expect("session::issued() checked that the token fits in a header");
         let generation = self.auth.cell().store(token);
+        self.issued.retain(|t| t.usable_until() > received);
+        self.issued.extend(self.auth.cell().snapshot().as_ref().filter(|t| t.generation == generation).cloned());
         self.auth.set_failure(None);
         telemetry::record_token(reason.label(), expires_at);
         tracing::info!(

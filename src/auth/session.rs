@@ -166,6 +166,17 @@ impl Sessions {
         if status.is_success() { Ok(()) } else { Err(unexpected(LOGIN_ROUTE, status, &headers)) }
     }
 
+    /// `GET /api/sessions` with `bearer`: whether td-auth still holds its
+    /// session (200), which tells a dead token from a 401 about something else.
+    pub async fn is_alive(&self, bearer: &HeaderValue) -> Result<bool, SessionError> {
+        let request = Request::get(self.origin.route(LOGIN_ROUTE))
+            .header(AUTHORIZATION, bearer.clone())
+            .body(UpstreamBody::Empty)
+            .expect("static method, valid URI and valid header values");
+        let (status, _, _) = self.exchange(LOGIN_ROUTE, request).await?;
+        Ok(status == StatusCode::OK)
+    }
+
     /// `GET /api/ping` without credentials: whether Truedat answered 200
     /// within `timeout`. Any other outcome, whatever it was, is just "not yet".
     pub async fn ping(&self, timeout: Duration) -> bool {

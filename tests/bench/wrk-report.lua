@@ -1,4 +1,4 @@
--- wrk script used by every benchmark case (tests/bench/run.sh).
+-- wrk script used by every benchmark case (tests/bench/wrk.rs).
 --
 -- The request is described by environment variables rather than by one
 -- script per case, because wrk accepts a single -s script and every case
@@ -6,7 +6,7 @@
 --   BENCH_METHOD      request method (default GET)
 --   BENCH_BODY_BYTES  size of a request body of "x" bytes (default 0: none)
 --
--- done() prints one line, "BENCH_JSON {...}", so run.sh never has to parse
+-- done() prints one line, "BENCH_JSON {...}", so wrk.rs never has to parse
 -- wrk's human-readable report (whose units change with magnitude: us, ms, s).
 
 local method = os.getenv("BENCH_METHOD") or "GET"

@@ -32,7 +32,11 @@ const READY: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 
 async fn ready_proxy(fake: &FakeTruedat) -> TestProxy {
-    let proxy = TestProxy::start(fake, |c| c.upstream.request_timeout = Dur(REQUEST_TIMEOUT)).await;
+    let proxy = TestProxy::start(fake, |c| {
+        c.upstream.request_timeout = Dur(REQUEST_TIMEOUT);
+        c.upstream.body_idle_timeout = Dur(REQUEST_TIMEOUT);
+    })
+    .await;
     assert!(proxy.wait_ready(READY).await, "the proxy never became ready");
     proxy
 }
@@ -81,10 +85,10 @@ async fn truedat_accepting_but_never_answering_gets_504_after_the_request_timeou
 
 /// What the proxy does: it forwards the status line, headers and the bytes it
 /// got, then relays nothing more. `upstream.request_timeout` only covers the
-/// response head, so nothing in the proxy notices a body that stopped. The
-/// client must see a clean error (the connection closed before the announced
-/// length) within the configured timeouts; we give it 8 s with a 1 s
-/// `upstream.request_timeout`.
+/// response head; `upstream.body_idle_timeout` covers silence inside the
+/// body. The client must see a clean error (the connection closed before the
+/// announced length) within the configured timeouts; we give it 8 s with a
+/// 1 s `upstream.body_idle_timeout`.
 #[tokio::test]
 async fn a_body_that_stalls_midway_is_cut_for_the_client_not_left_hanging() {
     let fake = fake(|_| {}).await;

@@ -20,10 +20,20 @@ const READY: Duration = Duration::from_secs(10);
 /// How long a connection the proxy should close may stay open.
 const CLOSE_PATIENCE: Duration = Duration::from_secs(3);
 
-/// Paths `proxy.allow_paths = ["/api/data_structures/"]` must refuse, each
-/// normalising to something outside the prefix (or never inside it).
-const ESCAPES: &[&str] = &[
-    "/api/users",
+/// Paths `proxy.allow_paths = ["/api/data_structures/"]` must refuse with
+/// 403: outside the prefix however a router reads them.
+const ESCAPES: &[&str] =
+    &["/api/users", "//api/users", "/api/data_structuresx", "/API/data_structures/1", "/api/%64ata_structuresx/1", "/"];
+
+/// Paths that Truedat's router (Plug: split on "/", decode each segment,
+/// never resolve "..") and ingress-nginx (decode, then resolve dot segments)
+/// read differently: refused with 400 before any other check (SPEC §4),
+/// whatever `allow_paths` says. The first two are the bypasses a review
+/// found: td-dd's GraphQL endpoint and a test route reached from inside an
+/// allowed prefix.
+const AMBIGUOUS: &[&str] = &[
+    "/api/v2/../data_structures/",
+    "/api/test/bytes/..%2Fecho",
     "/api/data_structures/../users",
     "/api/data_structures/%2e%2e/users",
     "/api/data_structures/%2E%2E%2Fusers",
@@ -33,10 +43,14 @@ const ESCAPES: &[&str] = &[
     "/api/data_structures/%2e./users",
     "/api/data_structures/x/../../users",
     "/api/data_structures/%ff/../../users",
-    "//api/users",
-    "/api/data_structuresx",
-    "/API/data_structures/1",
-    "/",
+    "/api/data_structures/./1",
+    "/api/data_structures/1/.",
+    "/api/data_structures/a%2Fb",
+    "/api/data_structures/a%5Cb",
+    "/api/data_structures/a%5c..%5cusers",
+    "/api/x/../sessions",
+    "/api/sessions%2Frefresh",
+    "/api/data_structures/1/..",
 ];
 
 /// Session routes, spelled the ways a router would still resolve them.
@@ -47,9 +61,8 @@ const SESSION_PATHS: &[&str] = &[
     "/api/sessions?x=1",
     "//api/sessions",
     "/api//sessions/refresh",
-    "/api/x/../sessions",
     "/api/%73essions",
-    "/api/sessions%2Frefresh",
+    "/api/%73essions/refresh",
     "/API/Sessions",
 ];
 
@@ -155,15 +168,18 @@ async fn methods_outside_allow_methods_get_405_and_never_reach_truedat() {
 }
 
 /// With `allow_paths = ["/api/data_structures/"]`, paths under the prefix go
-/// through byte for byte; everything else, including every way of climbing
-/// out of the prefix with dot segments (plain, percent-encoded, mixed case,
-/// encoded slash) or doubled slashes, is a 403 in the proxy's JSON and never
-/// reaches Truedat. Sent through hyper's client and again as raw bytes, so no
-/// client-side normalisation can hide a hole.
+/// through byte for byte; paths outside it are a 403 in the proxy's JSON and
+/// never reach Truedat. Sent through hyper's client and again as raw bytes,
+/// so no client-side normalisation can hide a hole.
 #[tokio::test]
 async fn allow_paths_cannot_be_escaped() {
     let (fake, proxy) = ready_proxy(|c| c.proxy.allow_paths = vec!["/api/data_structures/".into()]).await;
-    let allowed = ["/api/data_structures/1", "/api/data_structures/1/versions?x=1", "/api/data_structures"];
+    let allowed = [
+        "/api/data_structures/1",
+        "/api/data_structures/1/versions?x=1",
+        "/api/data_structures",
+        "/api/%64ata_structures/2",
+    ];
     for path in allowed {
         assert_eq!(proxy.get(path).await.status, 200, "{path}");
     }
@@ -174,12 +190,40 @@ async fn allow_paths_cannot_be_escaped() {
         let response = raw(proxy.proxy, &head("GET", path)).await;
         assert_raw_proxy_error(&response, 403, &format!("raw {path}"));
     }
-    for target in ["http://localhost/api/data_structures/../users", "http://localhost//api/users"] {
-        let response = raw(proxy.proxy, &head("GET", target)).await;
-        assert_raw_proxy_error(&response, 403, &format!("absolute-form {target}"));
-    }
+    let response = raw(proxy.proxy, &head("GET", "http://localhost//api/users")).await;
+    assert_raw_proxy_error(&response, 403, "absolute-form //api/users");
     assert_eq!(data_paths(&fake), allowed, "a refused path reached Truedat");
     proxy.stop().await;
+}
+
+/// Every ambiguous spelling (dot segments, literal or encoded; encoded "/"
+/// or "\\") is a 400 in the proxy's JSON for every method, in origin form
+/// and absolute form, with or without `allow_paths`, and none reaches
+/// Truedat: not the GraphQL endpoint behind `/api/v2/../`, not a session
+/// route behind `/api/x/../sessions`.
+#[tokio::test]
+async fn ambiguous_paths_are_a_400_and_never_reach_truedat() {
+    for allow_paths in [vec![], vec!["/api/data_structures/".to_owned()]] {
+        let (fake, proxy) = ready_proxy(|c| c.proxy.allow_paths = allow_paths.clone()).await;
+        let mut problems = Vec::new();
+        for path in AMBIGUOUS {
+            for method in ["GET", "POST", "DELETE"] {
+                let response = raw(proxy.proxy, &head(method, path)).await;
+                problems.extend(raw_proxy_error_problems(&response, 400, &format!("{method} {path}")));
+            }
+            let absolute = format!("http://localhost{path}");
+            let response = raw(proxy.proxy, &head("GET", &absolute)).await;
+            problems.extend(raw_proxy_error_problems(&response, 400, &format!("GET {absolute}")));
+            let reply = proxy.get(path).await;
+            if reply.status != 400 || !reply.text().contains("ambiguous path") {
+                problems.push(format!("hyper client GET {path}: {} {}", reply.status, reply.text()));
+            }
+        }
+        assert!(fake.data_requests().is_empty(), "ambiguous paths reached Truedat: {:?}", data_paths(&fake));
+        assert_eq!(fake.logouts() + fake.refreshes(), 0, "a session route was reached");
+        proxy.stop().await;
+        assert_no_problems(problems);
+    }
 }
 
 /// By default every spelling of `/api/sessions` and below is a 403 for every

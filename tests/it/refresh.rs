@@ -70,8 +70,10 @@ async fn a_legacy_server_with_the_refresh_token_in_the_body_is_refreshed_too() {
 #[tokio::test]
 async fn when_the_refresh_chain_ends_the_proxy_logs_in_again() {
     // Refresh tokens live 4 s from the login: after that only a login works.
+    // (3 s access tokens: the proxy obtains at most one token a second, so
+    // shorter ones would lapse before they could be refreshed.)
     let fake = fake(|c| {
-        c.token_ttl = Duration::from_secs(2);
+        c.token_ttl = Duration::from_secs(3);
         c.refresh_ttl = Duration::from_secs(4);
     })
     .await;

@@ -1,14 +1,15 @@
 //! Truedat having a bad day, compressed: one task owns the fake and, until
 //! the deadline, revokes every session every [`REVOKE_EVERY`], makes the
 //! login route fail or hang for 1–3 s at random moments, lets the data routes
-//! reset [`RESET_SHARE`] of their connections, and (in long runs) restarts
-//! Truedat outright on the same port. It records when each of these happened,
+//! reset [`RESET_SHARE`] of their connections, answers bursts of data
+//! requests with ingress-nginx's 502/503/504 page (a pod restarting behind
+//! the ingress), and restarts Truedat outright on the same port (down 1–2 s). It records when each of these happened,
 //! so that every failure a client saw can be blamed on Truedat or the proxy.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use crate::support::fake_truedat::{DataFault, FakeConfig, FakeTruedat, LoginMode};
+use crate::support::fake_truedat::{self, DataFault, FakeConfig, FakeTruedat, LoginMode};
 
 /// Every session is revoked this often.
 pub const REVOKE_EVERY: Duration = Duration::from_secs(5);
@@ -18,8 +19,12 @@ pub const RESET_SHARE: f64 = 0.005;
 const OUTAGE_MS: std::ops::RangeInclusive<u64> = 1000..=3000;
 /// Time between the end of one login outage and the start of the next (ms).
 const BETWEEN_OUTAGES_MS: std::ops::RangeInclusive<u64> = 2000..=6000;
-/// How long Truedat stays down during a restart.
-const RESTART_DOWNTIME: Duration = Duration::from_secs(1);
+/// How long Truedat stays down during a restart (ms).
+const RESTART_DOWNTIME_MS: std::ops::RangeInclusive<u64> = 1000..=2000;
+/// Time between two bursts of ingress errors (ms).
+const BETWEEN_BURSTS_MS: std::ops::RangeInclusive<u64> = 3000..=7000;
+/// Data requests each burst answers with an ingress error page.
+const BURST_REQUESTS: std::ops::RangeInclusive<usize> = 10..=60;
 /// A restart waits until a login outage ended this long ago, so that it
 /// hits a proxy that holds a token and is forwarding (right after an outage
 /// the token may have expired, and requests wait instead of reaching Truedat).
@@ -45,6 +50,8 @@ pub struct Record {
     pub restarts: Vec<(Instant, Instant)>,
     /// `X-Request-Id` of every request whose connection the fake reset.
     pub reset_ids: HashSet<String>,
+    /// The number of requests each burst of ingress errors answered.
+    pub bursts: Vec<usize>,
     /// Successful logins and login attempts, over every incarnation of the fake.
     pub logins: usize,
     pub login_attempts: usize,
@@ -93,6 +100,7 @@ pub async fn run(
     let mut next_outage = Instant::now() + millis(BETWEEN_OUTAGES_MS);
     let mut outage_end: Option<Instant> = None;
     let mut last_outage_end = Instant::now();
+    let mut next_burst = Instant::now() + millis(BETWEEN_BURSTS_MS);
     let mut restarts = restarts.into_iter().peekable();
     while Instant::now() < deadline {
         let now = Instant::now();
@@ -119,6 +127,10 @@ pub async fn run(
                 outage_end = Some(now + length);
             }
             _ => {}
+        }
+        if now >= next_burst {
+            record.bursts.push(burst(&fake));
+            next_burst = now + millis(BETWEEN_BURSTS_MS);
         }
         let quiet = outage_end.is_none() && now >= last_outage_end + RESTART_AFTER_OUTAGE;
         if quiet && restarts.peek().is_some_and(|at| now >= *at) {
@@ -148,7 +160,7 @@ async fn restart(fake: FakeTruedat, config: &FakeConfig, record: &mut Record) ->
     let addr = fake.addr();
     let down = Instant::now();
     fake.shutdown().await;
-    tokio::time::sleep(RESTART_DOWNTIME).await;
+    tokio::time::sleep(millis(RESTART_DOWNTIME_MS)).await;
     let mut attempts = 0;
     let fake = loop {
         match FakeTruedat::start_at(addr, config.clone()).await {
@@ -166,6 +178,17 @@ async fn restart(fake: FakeTruedat, config: &FakeConfig, record: &mut Record) ->
     configure(&fake);
     record.restarts.push((down, Instant::now()));
     fake
+}
+
+/// The next few data requests get an ingress error page, as while a pod
+/// behind the ingress restarts: 502, 503 or 504, sometimes with
+/// `Retry-After: 1`. Returns how many requests it hits.
+fn burst(fake: &FakeTruedat) -> usize {
+    let requests = rand::random_range(BURST_REQUESTS);
+    let status = [502, 503, 504][rand::random_range(0..3)];
+    let retry_after = (status == 503 && rand::random::<bool>()).then(|| "1".to_owned());
+    fake.fail_next(requests, fake_truedat::Outage::Status { status, retry_after });
+    requests
 }
 
 fn millis(range: std::ops::RangeInclusive<u64>) -> Duration {

@@ -49,6 +49,12 @@ pub enum Kind {
 impl Kind {
     pub const ALL: [Kind; 4] = [Kind::Get, Kind::Download, Kind::SmallPost, Kind::BigPost];
 
+    /// GETs may be sent again after any transient failure; POSTs only if
+    /// they never reached Truedat.
+    pub fn is_idempotent(self) -> bool {
+        matches!(self, Kind::Get | Kind::Download)
+    }
+
     fn pick() -> Kind {
         match rand::random_range(0..100) {
             0..45 => Kind::Get,
@@ -213,10 +219,12 @@ impl Client {
         let (request, expected) = self.request(kind, id, seq);
         let response = conn.send(request).await.map_err(|e| What::Transport(format!("send: {e}")))?;
         let status = response.status().as_u16();
-        let from_truedat = response
-            .headers()
-            .get("content-type")
-            .is_some_and(|ct| ct.as_bytes().eq_ignore_ascii_case(b"application/json; charset=utf-8"));
+        // Truedat's services answer JSON with a charset, its ingress HTML;
+        // the proxy's own answers are plain `application/json`.
+        let from_truedat = response.headers().get("content-type").is_some_and(|ct| {
+            ct.as_bytes().eq_ignore_ascii_case(b"application/json; charset=utf-8")
+                || ct.as_bytes().eq_ignore_ascii_case(b"text/html")
+        });
         let echoed_id = response.headers().get("x-request-id").is_some_and(|v| v == id);
         let body = match read_body(response.into_body(), PATIENCE).await {
             BodyEnd::Complete(body) => body,

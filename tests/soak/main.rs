@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo test --release --test soak                 # 45 s, the CI variant
-//! SOAK_SECS=600 cargo test --release --test soak   # the long run, with Truedat restarts
+//! SOAK_SECS=600 cargo test --release --test soak   # the long run
 //! ```
 //!
 //! `SOAK_RESTARTS=N` overrides the number of restarts; `SOAK_PROXY_LOG=PATH`
@@ -13,8 +13,9 @@
 //! keep-alive connections send mixed GET/POST traffic ([`load`]) while
 //! Truedat ([`chaos`]) issues access tokens living 2 s, revokes every session
 //! every 5 s, fails or hangs its login route for 1–3 s at random moments,
-//! resets 0.5 % of data connections and, from `SOAK_SECS=300` on, restarts
-//! outright three times. At the end a table ([`report`]) says what the
+//! resets 0.5 % of data connections, answers bursts of data requests with
+//! ingress 502/503/504 pages, and restarts outright (down 1–2 s) once every
+//! 20 s or so (at least once; `SOAK_RESTARTS` overrides). At the end a table ([`report`]) says what the
 //! clients saw, who caused each failure, how many logins and replays there
 //! were, and how the proxy's memory and descriptors moved; then it asserts
 //! that the proxy caused no failure and that its footprint stayed flat.
@@ -40,8 +41,8 @@ use support::wait::wait_until;
 
 /// Default length of a run, load included warm-up (the CI variant).
 const DEFAULT_SECS: u64 = 45;
-/// From this length on, Truedat is also restarted.
-const RESTART_FROM_SECS: u64 = 300;
+/// Truedat restarts about this often (seconds of run per restart).
+const SECS_PER_RESTART: u64 = 20;
 /// Access-token lifetime Truedat hands out.
 const TOKEN_TTL: Duration = Duration::from_secs(2);
 /// `token.refresh_before` (the default; capped at half a 2 s token's life).
@@ -85,7 +86,7 @@ impl Settings {
         assert!(secs >= 20, "SOAK_SECS={secs}: at least 20 s, for a warm-up and several revocations");
         let duration = Duration::from_secs(secs);
         let warmup = (duration / 6).clamp(Duration::from_secs(8), Duration::from_secs(60));
-        let restarts = std::env::var("SOAK_RESTARTS").ok().map_or(if secs >= RESTART_FROM_SECS { 3 } else { 0 }, |v| {
+        let restarts = std::env::var("SOAK_RESTARTS").ok().map_or((secs / SECS_PER_RESTART).max(1) as u32, |v| {
             v.trim().parse().unwrap_or_else(|_| panic!("SOAK_RESTARTS={v:?} is not a number"))
         });
         Settings { duration, warmup, restarts }

@@ -36,9 +36,11 @@ pub enum Blame {
 pub enum Cause {
     ResetByTruedat,
     TruedatDown,
+    IngressToPost,
     RevokedBigPost,
     RevokedAfterReplay,
     OtherTruedatAnswer,
+    IdempotentNotRetried,
     UnauthorizedWithoutRevocation,
     ProxyBadGateway,
     ProxyNoToken,
@@ -50,12 +52,14 @@ pub enum Cause {
 }
 
 impl Cause {
-    const ALL: [Cause; 13] = [
+    const ALL: [Cause; 15] = [
         Cause::ResetByTruedat,
         Cause::TruedatDown,
+        Cause::IngressToPost,
         Cause::RevokedBigPost,
         Cause::RevokedAfterReplay,
         Cause::OtherTruedatAnswer,
+        Cause::IdempotentNotRetried,
         Cause::UnauthorizedWithoutRevocation,
         Cause::ProxyBadGateway,
         Cause::ProxyNoToken,
@@ -72,11 +76,13 @@ impl Cause {
 
     fn label(self) -> &'static str {
         match self {
-            Cause::ResetByTruedat => "502: Truedat reset that request's connection",
-            Cause::TruedatDown => "Truedat down (restart) while in flight",
+            Cause::ResetByTruedat => "502: Truedat reset that POST's connection",
+            Cause::TruedatDown => "Truedat down (restart) while a POST was in flight",
+            Cause::IngressToPost => "ingress 502/503/504 to a POST (never sent twice)",
             Cause::RevokedBigPost => "401 to a POST > replay limit, revoked in flight",
             Cause::RevokedAfterReplay => "401 after a replay, revoked in flight",
             Cause::OtherTruedatAnswer => "other non-2xx answered by Truedat",
+            Cause::IdempotentNotRetried => "reset, restart or ingress 5xx reached a GET (not ridden through)",
             Cause::UnauthorizedWithoutRevocation => "401 with no revocation in flight",
             Cause::ProxyBadGateway => "502 without a reset by Truedat",
             Cause::ProxyNoToken => "503 (no token)",
@@ -88,7 +94,19 @@ impl Cause {
         }
     }
 
+    /// The cause of `failure`. Resets, restarts and ingress errors are
+    /// Truedat's doing only for POSTs, which may not be sent twice; the
+    /// proxy rides through them for GETs (SPEC §4, Retries).
     fn of(failure: &Failure, record: &Record) -> Cause {
+        match Cause::seen(failure, record) {
+            Cause::ResetByTruedat | Cause::TruedatDown | Cause::IngressToPost if failure.kind.is_idempotent() => {
+                Cause::IdempotentNotRetried
+            }
+            cause => cause,
+        }
+    }
+
+    fn seen(failure: &Failure, record: &Record) -> Cause {
         let (from, to) = (failure.started, failure.ended);
         match &failure.what {
             What::Status { status: 502, .. } if record.reset_ids.contains(&failure.id) => Cause::ResetByTruedat,
@@ -96,6 +114,9 @@ impl Cause {
                 if failure.kind == Kind::BigPost { Cause::RevokedBigPost } else { Cause::RevokedAfterReplay }
             }
             What::Status { status: 401, from_truedat: true, .. } => Cause::UnauthorizedWithoutRevocation,
+            What::Status { status: 502..=504, from_truedat: true, body } if body.contains("<center>nginx</center>") => {
+                Cause::IngressToPost
+            }
             What::Status { from_truedat: true, .. } => Cause::OtherTruedatAnswer,
             What::Status { status: 502..=504, .. } | What::Transport(_) if record.down_during(from, to, SLACK) => {
                 Cause::TruedatDown
@@ -135,6 +156,7 @@ pub struct Report {
     outage_time: Duration,
     restarts: Vec<(Instant, Instant)>,
     resets: usize,
+    bursts: (usize, usize),
     pub replays_ok: f64,
     replays_failed: f64,
     proxy_logins: (f64, f64),
@@ -186,6 +208,7 @@ impl Report {
             outage_time: record.outages.iter().map(|o| o.to.duration_since(o.from)).sum(),
             restarts: record.restarts.clone(),
             resets: record.reset_ids.len(),
+            bursts: (record.bursts.len(), record.bursts.iter().sum()),
             replays_ok: metrics.count("truedat_proxy_replays_total", &[("result", "success")]),
             replays_failed: metrics.count("truedat_proxy_replays_total", &[("result", "failure")]),
             proxy_logins: (
@@ -241,6 +264,7 @@ impl Report {
             self.restarts.iter().map(|(down, up)| format!("{:.1}-{:.1} s", at(*down), at(*up))).collect();
         row("Truedat restarts (down)", format!("{} of {restarts} planned {downs:?}", self.restarts.len()));
         row(&format!("connections reset by Truedat ({:.1} %)", RESET_SHARE * 100.0), self.resets.to_string());
+        row("ingress 502/503/504 bursts (requests hit)", format!("{} ({})", self.bursts.0, self.bursts.1));
         row("logins (Truedat: successful / attempts)", format!("{} / {}", self.logins, self.login_attempts));
         row(
             "logins (proxy /metrics: success / error)",

@@ -12,6 +12,7 @@
 //! - `sessions`: the allowlist and the tokens pointing into it
 //! - `state`: what the connection tasks share with the [`FakeTruedat`] handle
 //! - `body`, `query`: response shapes, streaming bodies, query parameters
+//! - `outage`: the next N data requests fail as during an outage ([`Outage`])
 //! - `faults`, `conn`, `idle_close`: data-route faults ([`DataFault`]), connections ended
 //!   from a handler (reset or quiet close), keep-alive connections closed after each response
 //! - `fleet`, `restart`: what many sidecars cost td-auth ([`PasswordCheck`], audit events,
@@ -24,6 +25,7 @@ mod data;
 mod faults;
 mod fleet;
 mod idle_close;
+mod outage;
 mod query;
 mod restart;
 mod router;
@@ -47,6 +49,8 @@ use tokio_util::sync::CancellationToken;
 pub use faults::{DataFault, STALL_BODY_LEN, STALL_SENT_LEN};
 #[allow(unused_imports)]
 pub use fleet::{LoginRecord, PasswordCheck};
+#[allow(unused_imports)]
+pub use outage::Outage;
 use state::State;
 
 /// How the fake starts; the run-time switches are methods of [`FakeTruedat`].
@@ -219,6 +223,16 @@ impl FakeTruedat {
     /// `DELETE /api/sessions` answered 204.
     pub fn logouts(&self) -> usize {
         self.state.logouts()
+    }
+
+    /// `GET /api/sessions` received (the proxy's check of a token after a 401).
+    pub fn session_checks(&self) -> usize {
+        self.state.session_checks()
+    }
+
+    /// Access sessions still alive in the allowlist (td-auth's Redis).
+    pub fn live_sessions(&self) -> usize {
+        self.state.sessions.live_access_sessions(now_secs())
     }
 
     /// Every `POST /api/sessions` received, in order of arrival.

@@ -79,22 +79,29 @@ impl Ca {
 
     /// A server certificate for `name`, valid now.
     pub fn server_cert(&self, name: &str) -> Leaf {
-        self.issue(name, Purpose::Server, (2000, 2100))
+        self.issue(&[name], Purpose::Server, (2000, 2100))
+    }
+
+    /// A server certificate valid now for every one of `names` (DNS names
+    /// or IP addresses), the first one also its common name.
+    pub fn server_cert_for(&self, names: &[&str]) -> Leaf {
+        self.issue(names, Purpose::Server, (2000, 2100))
     }
 
     /// A server certificate for `name` that expired in 2001.
     pub fn expired_server_cert(&self, name: &str) -> Leaf {
-        self.issue(name, Purpose::Server, (2000, 2001))
+        self.issue(&[name], Purpose::Server, (2000, 2001))
     }
 
     /// A client certificate (extended key usage `clientAuth`) for `name`.
     pub fn client_cert(&self, name: &str) -> Leaf {
-        self.issue(name, Purpose::Client, (2000, 2100))
+        self.issue(&[name], Purpose::Client, (2000, 2100))
     }
 
-    fn issue(&self, name: &str, purpose: Purpose, (from, until): (i32, i32)) -> Leaf {
-        let mut params = CertificateParams::new(vec![name.to_owned()]).expect("a valid DNS name");
-        params.distinguished_name.push(DnType::CommonName, name);
+    fn issue(&self, names: &[&str], purpose: Purpose, (from, until): (i32, i32)) -> Leaf {
+        let sans: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+        let mut params = CertificateParams::new(sans).expect("valid DNS names or IP addresses");
+        params.distinguished_name.push(DnType::CommonName, names[0]);
         params.use_authority_key_identifier_extension = true;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![match purpose {

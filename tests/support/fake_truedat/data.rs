@@ -39,6 +39,9 @@ pub(super) async fn handle(state: &State, request: Request<Incoming>) -> Reply {
     if !summary.complete {
         return bad_request();
     }
+    if let Some(reply) = state.outages.apply(parts.extensions.get::<ConnHandle>()).await {
+        return reply;
+    }
     if let Verdict::Answer(reply) = state.faults.apply(&parts.headers, parts.extensions.get::<ConnHandle>()).await {
         return reply;
     }
@@ -65,6 +68,8 @@ async fn route(parts: &Parts, summary: &BodySummary) -> Reply {
     let query = parts.uri.query();
     match parts.uri.path() {
         "/api/forbidden" => body::error_detail(StatusCode::FORBIDDEN, "Invalid authorization"),
+        // A 401 that is not about the bearer (which Guardian accepted above).
+        "/api/not_yours" => body::error_detail(StatusCode::UNAUTHORIZED, "Not yours"),
         "/api/slow" => slow(parts, summary).await,
         "/api/download" => download(query),
         "/api/upload" => {

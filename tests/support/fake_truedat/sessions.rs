@@ -79,6 +79,11 @@ impl SessionStore {
         lock(&self.allowlist).refresh.remove(jti).is_some_and(|exp| exp > now)
     }
 
+    /// Access sessions still alive: what a pod left behind in Redis.
+    pub(super) fn live_access_sessions(&self, now: u64) -> usize {
+        lock(&self.allowlist).access.values().filter(|&&exp| exp > now).count()
+    }
+
     /// Forgets every session at once, like a Redis flush.
     pub(super) fn revoke_all(&self) {
         *lock(&self.allowlist) = Allowlist::default();

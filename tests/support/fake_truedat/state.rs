@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use super::faults::Faults;
 use super::fleet::Fleet;
+use super::outage::Outages;
 use super::sessions::SessionStore;
 use super::{FakeConfig, LoginMode, RecordedRequest, lock};
 
@@ -24,6 +25,7 @@ pub(super) struct State {
     pub(super) sessions: SessionStore,
     /// Faults of the data routes and the switches of long runs.
     pub(super) faults: Faults,
+    pub(super) outages: Outages,
     /// The password-check cost model and the fleet-scale counters.
     pub(super) fleet: Fleet,
     /// Changed by tests while requests are in flight (password rotation, short tokens).
@@ -35,6 +37,7 @@ pub(super) struct State {
     login_attempts: AtomicUsize,
     refreshes: AtomicUsize,
     logouts: AtomicUsize,
+    session_checks: AtomicUsize,
     login_requests: Mutex<Vec<RecordedRequest>>,
     data_requests: Mutex<Vec<RecordedRequest>>,
 }
@@ -52,6 +55,7 @@ impl State {
             legacy_refresh_in_body: config.legacy_refresh_in_body,
             sessions: SessionStore::new(),
             faults: Faults::new(),
+            outages: Outages::default(),
             fleet: Fleet::default(),
             settings: Mutex::new(Settings { password: config.password, token_ttl: config.token_ttl }),
             login_mode: watch::Sender::new(LoginMode::Normal),
@@ -59,6 +63,7 @@ impl State {
             login_attempts: AtomicUsize::new(0),
             refreshes: AtomicUsize::new(0),
             logouts: AtomicUsize::new(0),
+            session_checks: AtomicUsize::new(0),
             login_requests: Mutex::default(),
             data_requests: Mutex::default(),
         }
@@ -110,6 +115,14 @@ impl State {
 
     pub(super) fn count_logout(&self) {
         self.logouts.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(super) fn count_session_check(&self) {
+        self.session_checks.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(super) fn session_checks(&self) -> usize {
+        self.session_checks.load(Ordering::SeqCst)
     }
 
     pub(super) fn login_attempts(&self) -> usize {

@@ -1,0 +1,112 @@
+//! Whether a token Truedat answered 401 to is really dead (SPEC §3.4).
+//!
+//! A 401 can be about something other than the token (a service that
+//! answers 401 for its own reasons). Treating every one as a revocation would
+//! cost a password login, a replay and a session left alive in Truedat's
+//! Redis per request. So the token's generation is checked once with
+//! `GET /api/sessions` (200 while td-auth holds the session); however many
+//! requests saw the 401 at once, they share that one check, and an "alive"
+//! answer is trusted for a second.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::Credential;
+use super::session::Sessions;
+
+/// How long a "the session lives" answer is trusted for its generation.
+const TRUST_ALIVE: Duration = Duration::from_secs(1);
+
+/// Checks kept at once: one per generation recently answered 401, which in
+/// practice means the current one and perhaps its predecessor.
+const KEPT: usize = 4;
+
+/// What `GET /api/sessions` said of one generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// 200, at this instant.
+    Alive(Instant),
+    /// Any other answer, or none.
+    Dead,
+}
+
+/// One check, running or done.
+struct Check {
+    generation: u64,
+    /// `None` while the check runs.
+    verdict: watch::Receiver<Option<Verdict>>,
+}
+
+/// The single-flight session checks.
+pub struct Liveness {
+    sessions: Arc<Sessions>,
+    /// Touched only after a 401, never on the ordinary request path; held
+    /// for a lookup, never across an await.
+    checks: Mutex<Vec<Check>>,
+}
+
+impl Liveness {
+    /// Checks through `sessions`.
+    pub fn new(sessions: Arc<Sessions>) -> Liveness {
+        Liveness { sessions, checks: Mutex::new(Vec::new()) }
+    }
+
+    /// Whether `credential`'s session still lives, asking Truedat at most
+    /// once per generation at a time.
+    pub async fn is_alive(&self, credential: &Credential) -> bool {
+        let mut verdict = self.verdict(credential);
+        match verdict.wait_for(Option::is_some).await {
+            Ok(v) => matches!(*v, Some(Verdict::Alive(_))),
+            // The check's task was cancelled (runtime shutting down).
+            Err(_) => false,
+        }
+    }
+
+    /// The check to wait for: a finished one still valid, one running, or a new one.
+    fn verdict(&self, credential: &Credential) -> watch::Receiver<Option<Verdict>> {
+        let mut checks = self.checks.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(check) = checks.iter().find(|c| c.generation == credential.generation) {
+            let current = *check.verdict.borrow();
+            match current {
+                Some(Verdict::Alive(at)) if at.elapsed() >= TRUST_ALIVE => {}
+                _ => return check.verdict.clone(),
+            }
+        }
+        checks.retain(|c| c.generation != credential.generation);
+        if checks.len() >= KEPT {
+            checks.remove(0);
+        }
+        let receiver = self.start(credential);
+        checks.push(Check { generation: credential.generation, verdict: receiver.clone() });
+        receiver
+    }
+
+    /// Asks Truedat in a task of its own, so the answer arrives even if the
+    /// request that asked is abandoned by its client.
+    fn start(&self, credential: &Credential) -> watch::Receiver<Option<Verdict>> {
+        let (sender, receiver) = watch::channel(None);
+        let sessions = self.sessions.clone();
+        let (generation, bearer) = (credential.generation, credential.bearer.clone());
+        tokio::spawn(async move {
+            let verdict = match sessions.is_alive(&bearer).await {
+                Ok(true) => {
+                    tracing::info!(
+                        generation,
+                        "Truedat answered 401, but GET /api/sessions says the token lives: \
+                         the 401 goes to the client as it is, without a login"
+                    );
+                    Verdict::Alive(Instant::now())
+                }
+                Ok(false) => Verdict::Dead,
+                Err(error) => {
+                    tracing::warn!(generation, error = %error, "cannot check the session after a 401; taking the token for dead");
+                    Verdict::Dead
+                }
+            };
+            sender.send_replace(Some(verdict));
+        });
+        receiver
+    }
+}

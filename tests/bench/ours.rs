@@ -1,0 +1,102 @@
+//! truedat-auth-proxy as benchmarked: the release binary Cargo built for this
+//! target, configured by a file only (no inherited `TRUEDAT_PROXY_*`
+//! variable), `log.level = "warn"` (`"info"` when the group compares
+//! access logs), the group's `runtime.worker_threads`.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::cases::Group;
+use truedat_auth_proxy::telemetry::LOGINS;
+
+use super::process::{self, Process};
+use super::support::prometheus::Scrape;
+
+/// The binary under test (a release build under `cargo test --release`).
+pub const BINARY: &str = env!("CARGO_BIN_EXE_truedat-auth-proxy");
+/// How long the proxy may take from start to `/readyz` 200.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A running truedat-auth-proxy.
+pub struct Ours {
+    pub process: Process,
+    pub port: u16,
+    pub admin_port: u16,
+    /// From process start to the first `/readyz` 200 (polled every 1 ms).
+    pub ready_after: Duration,
+}
+
+impl Ours {
+    /// Starts it for `group` in front of `upstream_url`, trusting `ca_file`
+    /// for an HTTPS upstream; its configuration and log live in `dir`.
+    pub fn start(dir: &Path, group: Group, upstream_url: &str, ca_file: &Path) -> Ours {
+        let (port, admin_port) = (process::free_port(), process::free_port());
+        let ca = if group.upstream.is_tls() { format!("ca_file = \"{}\"\n", ca_file.display()) } else { String::new() };
+        let toml = format!(
+            r#"[listen]
+address = "127.0.0.1:{port}"
+
+[admin]
+address = "127.0.0.1:{admin_port}"
+
+[upstream]
+url = "{upstream_url}"
+{ca}
+[credentials]
+user_name = "svc-bench"
+password = "bench-password"
+
+[log]
+level = "{level}"
+
+[runtime]
+worker_threads = {workers}
+"#,
+            workers = group.workers,
+            level = if group.access_log { "info" } else { "warn" },
+        );
+        let logs = if group.access_log { "-log" } else { "" };
+        let name = format!("ours-{}-w{}{logs}", group.upstream.name(), group.workers);
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(&config, toml).unwrap_or_else(|e| panic!("writing {}: {e}", config.display()));
+        let log_path = dir.join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path).unwrap_or_else(|e| panic!("creating {}: {e}", log_path.display()));
+        let started = Instant::now();
+        let mut process = Process::spawn(
+            "truedat-auth-proxy",
+            Command::new(BINARY)
+                .arg("--config")
+                .arg(&config)
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("a log handle"))
+                .stderr(log),
+        );
+        loop {
+            if matches!(process::http_get(admin_port, "/readyz"), Ok((200, _))) {
+                break;
+            }
+            let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+            assert!(process.running(), "truedat-auth-proxy exited before it was ready:\n{}", log());
+            assert!(
+                started.elapsed() < READY_TIMEOUT,
+                "truedat-auth-proxy not ready after {READY_TIMEOUT:?}:\n{}",
+                log()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ours { ready_after: started.elapsed(), process, port, admin_port }
+    }
+
+    /// Its logins so far (`truedat_proxy_logins_total`, all outcomes): one
+    /// is expected, more mean it saw 401s or errors during the run.
+    pub fn logins(&self) -> Result<f64, String> {
+        let (status, metrics) = process::http_get(self.admin_port, "/metrics").map_err(|e| format!("/metrics: {e}"))?;
+        if status != 200 {
+            return Err(format!("/metrics answered {status}"));
+        }
+        Ok(Scrape::parse(&metrics)?.total(LOGINS, &[]))
+    }
+}

@@ -1,0 +1,330 @@
+//! What a run found, and the Markdown it prints: one table of throughput,
+//! CPU and latency ratios per case (the README's), one of perf counts per
+//! request, one of memory per group, then streaming and start-up facts, all
+//! headed by the machine and commit it ran on.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use super::cases::{Case, Group, Via};
+use super::perf;
+use super::stream::Streaming;
+use super::wrk::Errors;
+
+/// One measured wrk run on one path.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    pub requests: u64,
+    pub rps: f64,
+    pub p99_us: f64,
+    /// CPU seconds the proxy used during the run (`None` on the direct path).
+    pub cpu_seconds: Option<f64>,
+    pub errors: Errors,
+}
+
+impl Sample {
+    /// Requests served per CPU-second of the proxy.
+    pub fn per_cpu_second(&self) -> Option<f64> {
+        self.cpu_seconds.filter(|&cpu| cpu > 0.0).map(|cpu| self.requests as f64 / cpu)
+    }
+}
+
+/// One proxy's memory in a group, in KiB (nginx: master and workers summed).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Memory {
+    /// Ready, before any request.
+    pub idle_kib: u64,
+    /// Peak during the 256-connection runs, if the group had one.
+    pub at_256_kib: Option<u64>,
+}
+
+/// What a group's proxies cost in memory.
+pub struct GroupMemory {
+    pub group: Group,
+    pub nginx: Memory,
+    pub ours: Memory,
+    /// truedat-auth-proxy's connections to the upstream after the load (one
+    /// when HTTP/2 was negotiated).
+    pub ours_upstream_connections: usize,
+}
+
+/// Where and on what a run happened.
+pub struct Environment {
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub kernel: String,
+    pub load_average: String,
+    pub commit: String,
+    pub nginx: String,
+    pub wrk: String,
+    /// The settings in a sentence.
+    pub settings: String,
+}
+
+/// Everything measured, filled in by `main` as it goes.
+#[derive(Default)]
+pub struct Results {
+    pub samples: HashMap<(String, Via), Vec<Sample>>,
+    /// perf's counts over a run, with the requests of that run.
+    pub perf: HashMap<(String, Via), (perf::Counts, u64)>,
+    /// Why perf columns are missing, when they are.
+    pub perf_skipped: Option<String>,
+    pub memory: Vec<GroupMemory>,
+    pub streaming: Option<Streaming>,
+    pub ready: Vec<Duration>,
+    pub binary_bytes: u64,
+    /// Failed checks: any makes the run fail.
+    pub problems: Vec<String>,
+}
+
+impl Results {
+    /// Records a sample of `case` on `via`.
+    pub fn add(&mut self, case: &Case, via: Via, sample: Sample) {
+        self.samples.entry((case.name(), via)).or_default().push(sample);
+    }
+
+    fn median(&self, case: &Case, via: Via, value: impl Fn(&Sample) -> Option<f64>) -> Option<f64> {
+        let mut values: Vec<f64> = self.samples.get(&(case.name(), via))?.iter().filter_map(value).collect();
+        values.sort_by(f64::total_cmp);
+        let n = values.len();
+        match n {
+            0 => None,
+            _ if n % 2 == 1 => Some(values[n / 2]),
+            _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+        }
+    }
+
+    fn errors(&self, case: &Case, via: Via) -> (u64, u64) {
+        self.samples
+            .get(&(case.name(), via))
+            .into_iter()
+            .flatten()
+            .fold((0, 0), |(status, socket), s| (status + s.errors.status, socket + s.errors.socket()))
+    }
+
+    fn per_request(&self, case: &Case, via: Via, value: impl Fn(&perf::Counts) -> f64) -> Option<f64> {
+        let (counts, requests) = self.perf.get(&(case.name(), via))?;
+        (*requests > 0).then(|| value(counts) / *requests as f64)
+    }
+
+    /// The report, as Markdown.
+    pub fn render(&self, cases: &[Case], environment: &Environment) -> String {
+        let mut out = String::new();
+        let e = environment;
+        let _ = writeln!(out, "## truedat-auth-proxy benchmark\n");
+        let _ = writeln!(
+            out,
+            "Machine: {} CPUs, {}, {}; load average at start {}.",
+            e.cpus, e.cpu_model, e.kernel, e.load_average
+        );
+        let _ = writeln!(out, "Commit {}; {}; {}.", e.commit, e.nginx, e.wrk);
+        let _ = writeln!(out, "{}\n", e.settings);
+        self.render_throughput(&mut out, cases);
+        self.render_perf(&mut out, cases);
+        self.render_memory(&mut out);
+        self.render_other(&mut out);
+        if self.problems.is_empty() {
+            let _ = writeln!(
+                out,
+                "All checks passed: no errors through truedat-auth-proxy, one login per instance, clean exits."
+            );
+        } else {
+            let _ = writeln!(out, "FAILED checks:");
+            for problem in &self.problems {
+                let _ = writeln!(out, "- {problem}");
+            }
+        }
+        out
+    }
+
+    fn render_throughput(&self, out: &mut String, cases: &[Case]) {
+        let _ = writeln!(
+            out,
+            "Throughput, CPU and latency (medians over the rounds; req/CPU-s = requests per CPU-second of the proxy, from /proc utime+stime, nginx = master + workers; errors = wrk's non-2xx / socket errors over all rounds):\n"
+        );
+        let mut table = Table::new(&[
+            "case",
+            "req/s direct",
+            "req/s nginx",
+            "req/s ours",
+            "throughput ours/nginx",
+            "req/CPU-s nginx",
+            "req/CPU-s ours",
+            "req/CPU-s ours/nginx",
+            "p99 nginx (ms)",
+            "p99 ours (ms)",
+            "p99 ours/nginx",
+            "errors nginx",
+            "errors ours",
+        ]);
+        for case in cases {
+            let rps = |via| self.median(case, via, |s| Some(s.rps));
+            let per_cpu = |via| self.median(case, via, Sample::per_cpu_second);
+            let p99 = |via| self.median(case, via, |s| Some(s.p99_us));
+            let errors = |via| {
+                let (status, socket) = self.errors(case, via);
+                format!("{status}/{socket}")
+            };
+            table.row(vec![
+                case.describe(),
+                whole(rps(Via::Direct)),
+                whole(rps(Via::Nginx)),
+                whole(rps(Via::Ours)),
+                ratio(rps(Via::Ours), rps(Via::Nginx)),
+                whole(per_cpu(Via::Nginx)),
+                whole(per_cpu(Via::Ours)),
+                ratio(per_cpu(Via::Ours), per_cpu(Via::Nginx)),
+                fixed(p99(Via::Nginx).map(|us| us / 1000.0), 2),
+                fixed(p99(Via::Ours).map(|us| us / 1000.0), 2),
+                ratio(p99(Via::Ours), p99(Via::Nginx)),
+                errors(Via::Nginx),
+                errors(Via::Ours),
+            ]);
+        }
+        let _ = writeln!(out, "{}", table.render());
+    }
+
+    fn render_perf(&self, out: &mut String, cases: &[Case]) {
+        if let Some(reason) = &self.perf_skipped {
+            let _ = writeln!(out, "Syscalls and context switches: not measured ({reason}).\n");
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "Per request, from `perf stat -e raw_syscalls:sys_enter,context-switches,task-clock -p PIDS` on the proxy's processes during one extra run per case:\n"
+        );
+        let mut table = Table::new(&[
+            "case",
+            "syscalls nginx",
+            "syscalls ours",
+            "context switches nginx",
+            "context switches ours",
+            "CPU µs nginx",
+            "CPU µs ours",
+        ]);
+        for case in cases {
+            let syscalls = |via| fixed(self.per_request(case, via, |c| c.syscalls), 2);
+            let switches = |via| fixed(self.per_request(case, via, |c| c.context_switches), 2);
+            let cpu_us = |via| fixed(self.per_request(case, via, |c| c.task_clock_ms * 1000.0), 1);
+            table.row(vec![
+                case.describe(),
+                syscalls(Via::Nginx),
+                syscalls(Via::Ours),
+                switches(Via::Nginx),
+                switches(Via::Ours),
+                cpu_us(Via::Nginx),
+                cpu_us(Via::Ours),
+            ]);
+        }
+        let _ = writeln!(out, "{}", table.render());
+    }
+
+    fn render_memory(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "Memory (VmRSS in MiB, nginx = master + workers; at 256 = peak sampled every 50 ms during the 256-connection runs; per connection = (at 256 - idle) / 256, in KiB; ours' pooled connections to the upstream after the load, one when HTTP/2 was negotiated):\n"
+        );
+        let mut table = Table::new(&[
+            "proxies",
+            "idle nginx",
+            "idle ours",
+            "at 256 nginx",
+            "at 256 ours",
+            "per connection nginx",
+            "per connection ours",
+            "upstream connections ours",
+        ]);
+        let mib = |kib: Option<u64>| fixed(kib.map(|k| k as f64 / 1024.0), 1);
+        let per_connection =
+            |m: &Memory| fixed(m.at_256_kib.map(|peak| peak.saturating_sub(m.idle_kib) as f64 / 256.0), 1);
+        for m in &self.memory {
+            table.row(vec![
+                m.group.to_string(),
+                mib(Some(m.nginx.idle_kib)),
+                mib(Some(m.ours.idle_kib)),
+                mib(m.nginx.at_256_kib),
+                mib(m.ours.at_256_kib),
+                per_connection(&m.nginx),
+                per_connection(&m.ours),
+                m.ours_upstream_connections.to_string(),
+            ]);
+        }
+        let _ = writeln!(out, "{}", table.render());
+    }
+
+    fn render_other(&self, out: &mut String) {
+        if let Some(s) = &self.streaming {
+            let _ = writeln!(
+                out,
+                "Streaming {} MiB through truedat-auth-proxy (curl; the upload chunked from a pipe; MB = 10^6 bytes):\n",
+                s.bytes >> 20
+            );
+            for (name, t) in [("upload", &s.upload), ("download", &s.download)] {
+                let _ = writeln!(
+                    out,
+                    "- {name}: {:.0} MB/s (direct {:.0} MB/s); RSS idle {:.1} MiB, peak {:.1} MiB (+{:.1} MiB)",
+                    t.mb_per_s,
+                    t.direct_mb_per_s,
+                    t.idle_kib as f64 / 1024.0,
+                    t.peak_kib as f64 / 1024.0,
+                    t.peak_kib.saturating_sub(t.idle_kib) as f64 / 1024.0
+                );
+            }
+            let _ = writeln!(out);
+        }
+        let mut ready: Vec<f64> = self.ready.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+        ready.sort_by(f64::total_cmp);
+        if let Some(median) = ready.get(ready.len() / 2) {
+            let _ = writeln!(
+                out,
+                "- truedat-auth-proxy start to `/readyz` 200: {median:.1} ms median over {} starts (polled every 1 ms)",
+                ready.len()
+            );
+        }
+        let _ =
+            writeln!(out, "- release binary: {} bytes ({:.1} MB)\n", self.binary_bytes, self.binary_bytes as f64 / 1e6);
+    }
+}
+
+/// A Markdown table, the first column left-aligned and the others right.
+struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(header: &[&str]) -> Table {
+        Table { rows: vec![header.iter().map(|h| (*h).to_owned()).collect()] }
+    }
+
+    fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::new();
+        for (i, row) in self.rows.iter().enumerate() {
+            out.push_str(&format!("| {} |\n", row.join(" | ")));
+            if i == 0 {
+                let rule: Vec<&str> = (0..row.len()).map(|c| if c == 0 { "---" } else { "---:" }).collect();
+                out.push_str(&format!("|{}|\n", rule.join("|")));
+            }
+        }
+        out
+    }
+}
+
+fn whole(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"))
+}
+
+fn fixed(value: Option<f64>, digits: usize) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
+}
+
+fn ratio(numerator: Option<f64>, denominator: Option<f64>) -> String {
+    match (numerator, denominator) {
+        (Some(n), Some(d)) if d > 0.0 => format!("{:.2}", n / d),
+        _ => "-".to_owned(),
+    }
+}

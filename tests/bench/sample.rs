@@ -1,0 +1,75 @@
+//! What the proxies cost, read from `/proc`: CPU time (utime + stime of
+//! every process of a proxy, so nginx's master and workers are summed) and
+//! resident memory (`VmRSS`, summed the same way), sampled in the background
+//! while wrk runs to catch the peak.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How often the background sampler reads `VmRSS`.
+const RSS_EVERY: Duration = Duration::from_millis(50);
+
+/// Clock ticks per second of `/proc/PID/stat`'s CPU times (`getconf CLK_TCK`).
+pub fn ticks_per_second() -> f64 {
+    super::process::output_of("getconf", &["CLK_TCK"]).and_then(|t| t.parse().ok()).unwrap_or(100.0)
+}
+
+/// CPU seconds the processes `pids` have used so far, user and system, all
+/// their threads (`/proc/PID/stat` fields 14 and 15). A process that is
+/// gone counts as zero.
+pub fn cpu_seconds(pids: &[u32], ticks_per_second: f64) -> f64 {
+    let ticks: u64 = pids
+        .iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .map(|stat| {
+            // The command name may hold spaces: count fields after its ")".
+            let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+            let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            field(11) + field(12)
+        })
+        .sum();
+    ticks as f64 / ticks_per_second
+}
+
+/// Summed `VmRSS` of `pids` in KiB; a process that is gone counts as zero.
+pub fn rss_kib(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .filter_map(|status| {
+            let line = status.lines().find_map(|line| line.strip_prefix("VmRSS:"))?;
+            line.trim().trim_end_matches("kB").trim().parse::<u64>().ok()
+        })
+        .sum()
+}
+
+/// A thread reading the summed `VmRSS` of some processes every
+/// [`RSS_EVERY`] and keeping the largest.
+pub struct RssPeak {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<u64>,
+}
+
+impl RssPeak {
+    /// Starts sampling `pids`.
+    pub fn start(pids: Vec<u32>) -> RssPeak {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = rss_kib(&pids);
+            while !stopping.load(Ordering::Relaxed) {
+                std::thread::sleep(RSS_EVERY);
+                peak = peak.max(rss_kib(&pids));
+            }
+            peak
+        });
+        RssPeak { stop, thread }
+    }
+
+    /// Stops sampling; the peak in KiB.
+    pub fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("the sampler only reads /proc and does not panic")
+    }
+}
