@@ -1,6 +1,7 @@
 //! Assembles the proxy: binds both listeners (so port 0 works and the real
-//! addresses are known before anything runs), starts the renewer, serves
-//! until shutdown is triggered, then drains in the order of SPEC §7.
+//! addresses are known before anything runs), starts the renewer and the TLS
+//! material watcher, serves until shutdown is triggered, then drains in the
+//! order of SPEC §7.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use crate::config::Config;
 use crate::proxy::Proxy;
 use crate::server::{self, Drain, Limits};
 use crate::telemetry;
+use crate::tls;
 use crate::upstream;
 
 /// hyper's smallest allowed read buffer.
@@ -35,6 +37,12 @@ pub enum StartError {
     Bind { key: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Upstream(#[from] upstream::BuildError),
+}
+
+impl From<tls::Error> for StartError {
+    fn from(error: tls::Error) -> StartError {
+        StartError::Upstream(error.into())
+    }
 }
 
 /// How the run ended.
@@ -61,6 +69,10 @@ pub struct App {
     auth: Arc<Auth>,
     proxy: Arc<Proxy>,
     sessions: Arc<Sessions>,
+    /// The TLS material every new upstream connection reads; watched while running.
+    tls: Arc<tls::Material>,
+    /// How often the watcher checks the TLS files (`tls::POLL_INTERVAL`).
+    tls_poll: Duration,
     bound: Bound,
 }
 
@@ -68,8 +80,11 @@ impl App {
     /// Builds the client and binds the listeners; nothing talks to Truedat yet.
     /// `config` must have passed `Config::validate`.
     pub async fn build(config: Config) -> Result<App, StartError> {
+        // First, so that the client-certificate gauge set while loading is recorded.
+        telemetry::metrics_handle();
         let origin = config.origin();
-        let client = upstream::build(&config.upstream, &config.proxy_env, &origin)?;
+        let tls = Arc::new(tls::Material::load(&config.upstream, origin.is_https())?);
+        let clients = upstream::build(&config.upstream, &config.proxy_env, &origin, tls.clone())?;
         let proxy_listener = bind("listen.address", config.listen.address).await?;
         let admin_listener = bind("admin.address", config.admin.address).await?;
         let bound = Bound {
@@ -79,11 +94,18 @@ impl App {
         let token = &config.token;
         let auth = Arc::new(Auth::new(token.first_token_wait.0, token.login_timeout.0));
         let sessions =
-            Arc::new(Sessions::new(client.clone(), origin.clone(), &config.credentials, token.login_timeout.0));
+            Arc::new(Sessions::new(clients.pool.clone(), origin.clone(), &config.credentials, token.login_timeout.0));
         let liveness = Liveness::new(sessions.clone());
-        let proxy = Arc::new(Proxy::new(auth.clone(), liveness, client, &config));
-        telemetry::metrics_handle();
-        Ok(App { config, listeners: Some((proxy_listener, admin_listener)), auth, proxy, sessions, bound })
+        let proxy = Arc::new(Proxy::new(auth.clone(), liveness, &clients, &config));
+        let listeners = Some((proxy_listener, admin_listener));
+        Ok(App { config, listeners, auth, proxy, sessions, tls, tls_poll: tls::POLL_INTERVAL, bound })
+    }
+
+    /// Checks the TLS files every `every` instead of `tls::POLL_INTERVAL`
+    /// (tests use a short one; SPEC only bounds how late a change may be noticed).
+    pub fn with_tls_poll_interval(mut self, every: Duration) -> App {
+        self.tls_poll = every;
+        self
     }
 
     /// Where the listeners are.
@@ -100,6 +122,7 @@ impl App {
         let renewer = Renewer::new(self.auth.clone(), self.sessions.clone(), self.config.token.clone());
         let renewer = tokio::spawn(renewer.run(tasks.child_token()));
         let upkeep = tokio::spawn(metrics_upkeep(tasks.child_token()));
+        let tls_watch = tokio::spawn(self.tls.clone().watch(self.tls_poll, tasks.child_token()));
         let admin = self.serve_admin(admin_listener, shutdown.clone(), tasks.child_token());
         let stop_accepting = CancellationToken::new();
         let drain = Drain::default();
@@ -118,6 +141,7 @@ impl App {
         self.logout(issued).await;
         admin.abort();
         upkeep.abort();
+        let _ = tls_watch.await;
         outcome
     }
 
@@ -132,7 +156,11 @@ impl App {
             header_read_timeout: self.config.listen.header_read_timeout.0,
             send_timeout: self.config.listen.send_timeout.0,
         };
-        let handler = move |request, _peer| proxy.clone().handle(request);
+        // Each client connection gets its own link to Truedat.
+        let handler = move |_peer| {
+            let (proxy, link) = (proxy.clone(), Arc::new(proxy.link()));
+            move |request| proxy.clone().handle(request, link.clone())
+        };
         tokio::spawn(server::serve(listener, handler, limits, stop, drain))
     }
 
@@ -149,7 +177,10 @@ impl App {
             header_read_timeout: Duration::from_secs(10),
             send_timeout: Duration::from_secs(10),
         };
-        let handler = move |request, peer| admin.clone().handle(request, peer);
+        let handler = move |peer| {
+            let admin = admin.clone();
+            move |request| admin.clone().handle(request, peer)
+        };
         // The admin port answers until the process exits: its connections are not drained.
         tokio::spawn(server::serve(listener, handler, limits, stop, Drain::default()))
     }

@@ -1,5 +1,7 @@
-//! Bodies of responses to clients: Truedat's, streamed through and counted
-//! as in flight until their last byte, or one the proxy wrote itself.
+//! Bodies of responses: Truedat's as they arrive (on a client connection's
+//! own link, or through the shared pool), and as they go to the client,
+//! streamed through and counted as in flight until their last byte, or one
+//! the proxy wrote itself.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -11,7 +13,42 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use crate::link::LinkBody;
 use crate::telemetry::InFlight;
+
+/// Truedat's response body, however it travelled.
+pub enum TruedatBody {
+    /// On the client connection's own upstream connection.
+    Linked(LinkBody),
+    /// Through the shared pool (HTTP/2).
+    Pooled(Incoming),
+}
+
+impl Body for TruedatBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            TruedatBody::Linked(body) => Pin::new(body).poll_frame(cx),
+            TruedatBody::Pooled(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            TruedatBody::Linked(body) => body.is_end_stream(),
+            TruedatBody::Pooled(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            TruedatBody::Linked(body) => body.size_hint(),
+            TruedatBody::Pooled(body) => body.size_hint(),
+        }
+    }
+}
 
 /// The body of every response to a client.
 pub type ProxyBody = Either<Streamed, Full<Bytes>>;
@@ -23,7 +60,7 @@ pub type ProxyBody = Either<Streamed, Full<Bytes>>;
 /// Truedat that stalls mid-body) fails, so hyper cuts the client's
 /// connection instead of leaving it hanging.
 pub struct Streamed {
-    body: Incoming,
+    body: TruedatBody,
     idle: Duration,
     /// Armed only when a read has to wait: most bodies arrive whole at once,
     /// and those never touch the timer.
@@ -41,7 +78,7 @@ pub struct BodyStalled(Duration);
 impl Streamed {
     /// `body`, counted by `in_flight` for as long as it lives, failing after
     /// `idle` without data.
-    pub fn new(body: Incoming, idle: Duration, in_flight: InFlight) -> Streamed {
+    pub fn new(body: TruedatBody, idle: Duration, in_flight: InFlight) -> Streamed {
         Streamed { body, idle, silence: None, progressed: false, _in_flight: in_flight }
     }
 }

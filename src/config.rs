@@ -269,6 +269,7 @@ pub struct RetrySettings {
     pub window: Dur,
     /// First pause between tries of one request, doubled (with jitter) up to `backoff_max`.
     pub backoff_initial: Dur,
+    /// The longest pause between two tries, however many came before.
     pub backoff_max: Dur,
     /// Statuses from Truedat or its ingress that count as transient (400–599).
     pub on_status: Vec<u16>,
@@ -355,20 +356,29 @@ impl Config {
     /// Reads the layers and validates the result. `file` is the explicit
     /// `--config` path, which must exist (figment would silently skip it).
     pub fn load(file: Option<&Path>) -> Result<Config, Invalid> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(path) = file {
-            let not_a_file = |why: String| Invalid(vec![format!("--config {}: {why}", path.display())]);
-            let metadata = std::fs::metadata(path).map_err(|e| not_a_file(e.to_string()))?;
-            if !metadata.is_file() {
-                return Err(not_a_file("not a regular file".to_owned()));
-            }
-            figment = figment.merge(Toml::file_exact(path));
-        }
-        figment = merge_env(figment);
+        let figment = layers(file)?;
         let mut config: Config = figment.extract().map_err(|first| every_problem(&figment, first))?;
         config.proxy_env = ProxyEnv::from_process();
         config.validate()?;
         Ok(config)
+    }
+
+    /// `admin.address` alone, from the same layers as [`Config::load`], for
+    /// `wait`: it runs beside the proxy and must work whatever else the
+    /// configuration holds, even an incomplete one.
+    pub fn load_admin_address(file: Option<&Path>) -> Result<SocketAddr, Invalid> {
+        let figment = layers(file)?;
+        figment.extract_inner::<SocketAddr>("admin.address").map_err(|error| {
+            Invalid(
+                error
+                    .into_iter()
+                    .map(|mut e| {
+                        e.path = vec!["admin".to_owned(), "address".to_owned()];
+                        describe_one(&e)
+                    })
+                    .collect(),
+            )
+        })
     }
 
     /// Checks every rule a type cannot express; all problems at once.
@@ -551,6 +561,21 @@ fn require_positive(problems: &mut Vec<String>, key: &str, value: Dur) {
     if value.0.is_zero() {
         problems.push(format!("{key}: must be longer than 0s"));
     }
+}
+
+/// Built-in defaults, then the file (an explicit `--config` path must exist:
+/// figment would silently skip it), then the environment.
+fn layers(file: Option<&Path>) -> Result<Figment, Invalid> {
+    let mut figment = Figment::from(Serialized::defaults(Config::default()));
+    if let Some(path) = file {
+        let not_a_file = |why: String| Invalid(vec![format!("--config {}: {why}", path.display())]);
+        let metadata = std::fs::metadata(path).map_err(|e| not_a_file(e.to_string()))?;
+        if !metadata.is_file() {
+            return Err(not_a_file("not a regular file".to_owned()));
+        }
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    Ok(merge_env(figment))
 }
 
 /// Layers `TRUEDAT_PROXY_SECTION__KEY` variables over `figment`: free-text keys

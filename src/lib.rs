@@ -17,7 +17,10 @@
 //! Around it: [`config`] (layered, validated before anything binds, with
 //! [`units`] for durations and sizes), [`auth`] (the `ArcSwap` token cell and
 //! the renewer task that owns every login), [`admin`] (probes, metrics,
-//! `/quitquitquit`) and [`app`], which binds, runs and shuts down in order.
+//! `/quitquitquit`), [`tls`] (the CA and client certificate, reloaded when
+//! their files change) and [`app`], which binds, runs and shuts down in order.
+//! [`wait`] is the `wait` subcommand: a start-order hold for pods without
+//! native sidecars.
 
 #![forbid(unsafe_code)]
 
@@ -29,6 +32,7 @@ pub mod body;
 pub mod config;
 pub mod error;
 pub mod headers;
+pub mod link;
 pub mod origin;
 pub mod paths;
 pub mod proxy;
@@ -36,5 +40,7 @@ pub mod replay;
 pub mod retry;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 pub mod units;
 pub mod upstream;
+pub mod wait;

@@ -19,10 +19,11 @@ use tokio::sync::oneshot;
 use crate::access::Exchange;
 use crate::auth::liveness::Liveness;
 use crate::auth::{Auth, Credential};
-use crate::body::{ProxyBody, Streamed};
+use crate::body::{ProxyBody, Streamed, TruedatBody};
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::headers::{self, REQUEST_ID};
+use crate::link::{Link, LinkError};
 use crate::origin::Origin;
 use crate::paths::{PathPolicy, Refusal};
 use crate::replay::{self, Kept, Resend, UpstreamBody};
@@ -49,6 +50,11 @@ pub struct Proxy {
     body_idle_timeout: Duration,
     /// Requests being answered, for the drain report at shutdown.
     in_flight: Arc<AtomicUsize>,
+    /// What a new client connection's [`Link`] dials with; it also knows
+    /// whether Truedat speaks HTTP/2, when requests share the pool's
+    /// multiplexed connection instead of a link each.
+    connector: upstream::Connector,
+    pool_idle_timeout: Duration,
 }
 
 /// What `[proxy]` allows, prepared once.
@@ -62,7 +68,7 @@ struct Policy {
 
 /// The outcome of sending a request, retries included.
 struct Sent {
-    result: Result<Response<Incoming>, ProxyError>,
+    result: Result<Response<TruedatBody>, ProxyError>,
     /// Where the last try's body comes back (`None`: no body), for a replay.
     kept: Option<oneshot::Receiver<Kept>>,
 }
@@ -73,12 +79,14 @@ struct Outgoing<'a> {
     credential: &'a Credential,
     declared_len: Option<u64>,
     arrived: Instant,
+    /// The client connection's own connection to Truedat.
+    link: &'a Link,
 }
 
 impl Proxy {
-    /// A proxy to `config`'s origin through `client`, authenticating with
+    /// A proxy to `config`'s origin through `upstream`, authenticating with
     /// `auth`. `config` must have passed `Config::validate`.
-    pub fn new(auth: Arc<Auth>, liveness: Liveness, client: HttpClient, config: &Config) -> Proxy {
+    pub fn new(auth: Arc<Auth>, liveness: Liveness, upstream: &upstream::Clients, config: &Config) -> Proxy {
         let settings = &config.proxy;
         let methods = settings
             .allow_methods
@@ -95,24 +103,36 @@ impl Proxy {
         Proxy {
             auth,
             liveness,
-            client,
+            client: upstream.pool.clone(),
             origin: config.origin(),
             policy,
             retry: RetryPolicy::new(&config.retry),
             request_timeout: config.upstream.request_timeout.0,
             body_idle_timeout: config.upstream.body_idle_timeout.0,
             in_flight: Arc::default(),
+            connector: upstream.connector.clone(),
+            pool_idle_timeout: config.upstream.pool_idle_timeout.0,
         }
     }
 
+    /// The upstream connection of a new client connection (dialled on its
+    /// first request).
+    pub fn link(&self) -> Link {
+        Link::new(self.connector.clone(), self.origin.base(), self.pool_idle_timeout)
+    }
+
     /// Answers one client request; every failure becomes a JSON error.
-    pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    pub async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        link: Arc<Link>,
+    ) -> Result<Response<ProxyBody>, Infallible> {
         let arrived = Instant::now();
         let in_flight = InFlight::start(&self.in_flight);
         let request_id = request_id(request.headers());
         let mut exchange =
             Exchange::start(MethodLabel::of(request.method()), request.uri().clone(), request_id.clone());
-        let mut response = match self.forward(request, &request_id, arrived, &mut exchange).await {
+        let mut response = match self.forward(request, &request_id, arrived, &link, &mut exchange).await {
             Ok(mut response) => {
                 exchange.upstream_status = Some(response.status());
                 headers::to_client(response.headers_mut());
@@ -130,8 +150,9 @@ impl Proxy {
         request: Request<Incoming>,
         request_id: &HeaderValue,
         arrived: Instant,
+        link: &Link,
         exchange: &mut Exchange,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<TruedatBody>, ProxyError> {
         self.policy.check(&request)?;
         self.retry.deposit();
         let credential = self.auth.credential().await.ok_or_else(|| self.no_token())?;
@@ -140,8 +161,8 @@ impl Proxy {
         parts.uri =
             self.origin.join(&target).map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded"))?;
         parts.headers.insert(REQUEST_ID.clone(), request_id.clone());
-        let outgoing =
-            Outgoing { parts: &parts, credential: &credential, declared_len: content_length(&parts.headers), arrived };
+        let declared_len = content_length(&parts.headers);
+        let outgoing = Outgoing { parts: &parts, credential: &credential, declared_len, arrived, link };
         let body = (!body.is_end_stream()).then(|| Resend::new(body));
         let Sent { result, kept } = self.send_with_retries(&outgoing, body, exchange).await;
         let response = result?;
@@ -170,7 +191,7 @@ impl Proxy {
                 }
             };
             exchange.attempts += 1;
-            let result = self.send(clone_parts(outgoing.parts), upstream_body, outgoing.credential).await;
+            let result = self.send(clone_parts(outgoing.parts), upstream_body, outgoing).await;
             let head = match &result {
                 Ok(response) if self.retry.is_transient(response.status()) => Some(response.headers().clone()),
                 _ => None,
@@ -225,11 +246,11 @@ impl Proxy {
     /// to the client as it is.
     async fn after_unauthorized(
         &self,
-        response: Response<Incoming>,
+        response: Response<TruedatBody>,
         outgoing: &Outgoing<'_>,
         kept: Option<oneshot::Receiver<Kept>>,
         exchange: &mut Exchange,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<TruedatBody>, ProxyError> {
         let generation = outgoing.credential.generation;
         if !self.auth.known_dead(generation) && self.liveness.is_alive(outgoing.credential).await {
             return Ok(response);
@@ -258,33 +279,61 @@ impl Proxy {
         &self,
         mut parts: Parts,
         body: UpstreamBody,
-        credential: &Credential,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        headers::to_upstream(&mut parts.headers, credential.bearer.clone());
+        outgoing: &Outgoing<'_>,
+    ) -> Result<Response<TruedatBody>, ProxyError> {
+        headers::to_upstream(&mut parts.headers, outgoing.credential.bearer.clone());
         if !body.is_end_stream() && body.size_hint().exact().is_none() {
             // A body of unknown length (the client sent it chunked): hyper's
             // client would frame it as empty on a GET or HEAD unless told.
             parts.headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         }
         let request = Request::from_parts(parts, body);
-        match tokio::time::timeout(self.request_timeout, self.client.request(request)).await {
+        match tokio::time::timeout(self.request_timeout, self.exchange(request, outgoing.link)).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) if upstream::client_went_away(&error) => {
-                tracing::debug!(error = %upstream::root_cause(&error), "the client went away in the middle of its upload");
-                Err(ProxyError::ClientClosed)
-            }
-            Ok(Err(error)) => {
-                let kind = upstream::classify(&error);
-                telemetry::record_upstream_error(kind.label());
-                tracing::warn!(kind = kind.label(), error = %upstream::root_cause(&error), "request to Truedat failed");
-                Err(ProxyError::Upstream(kind))
-            }
+            Ok(Err(failure)) => Err(self.failed(failure)),
             Err(_) => {
                 telemetry::record_upstream_error("timeout");
                 tracing::warn!(timeout_ms = self.request_timeout.as_millis() as u64, "Truedat did not answer in time");
                 Err(ProxyError::Timeout)
             }
         }
+    }
+
+    /// The request on the client connection's link; through the shared pool
+    /// once Truedat has shown it speaks HTTP/2.
+    async fn exchange(&self, request: Request<UpstreamBody>, link: &Link) -> Result<Response<TruedatBody>, Sending> {
+        let request = if self.connector.speaks_http2() {
+            request
+        } else {
+            match link.send(request).await {
+                Ok(response) => return Ok(response.map(TruedatBody::Linked)),
+                // Truedat switched to HTTP/2 (the connector now knows).
+                Err(LinkError::Http2(request)) => *request,
+                Err(LinkError::Connect(error)) => return Err(Sending::Connect(error)),
+                Err(LinkError::Exchange(error)) => return Err(Sending::Exchange(error.into())),
+            }
+        };
+        match self.client.request(request).await {
+            Ok(response) => Ok(response.map(TruedatBody::Pooled)),
+            Err(error) if error.is_connect() => Err(Sending::Connect(error.into())),
+            Err(error) => Err(Sending::Exchange(error.into())),
+        }
+    }
+
+    /// A failed exchange as the client will see it, counted and logged
+    /// unless the client itself went away.
+    fn failed(&self, failure: Sending) -> ProxyError {
+        let (error, kind) = match &failure {
+            Sending::Connect(error) => (error.as_ref(), upstream::classify_connect(error.as_ref())),
+            Sending::Exchange(error) => (error.as_ref(), upstream::classify_exchange(error.as_ref())),
+        };
+        if upstream::client_went_away(error) {
+            tracing::debug!(error = %upstream::root_cause(error), "the client went away in the middle of its upload");
+            return ProxyError::ClientClosed;
+        }
+        telemetry::record_upstream_error(kind.label());
+        tracing::warn!(kind = kind.label(), error = %upstream::root_cause(error), "request to Truedat failed");
+        ProxyError::Upstream(kind)
     }
 
     /// Requests being answered right now, response bodies still streaming included.
@@ -367,9 +416,20 @@ fn is_from_browser(headers: &HeaderMap) -> bool {
     headers.contains_key(ORIGIN) || headers.keys().any(|name| name.as_str().starts_with("sec-fetch-"))
 }
 
+/// How an exchange with Truedat failed.
+enum Sending {
+    /// Before any byte of the request left (TCP, TLS, egress proxy).
+    Connect(Box<dyn std::error::Error + Send + Sync>),
+    /// On an established connection.
+    Exchange(Box<dyn std::error::Error + Send + Sync>),
+}
+
 /// What about a try's outcome could be transient (SPEC §4), `None` when it
 /// is final: a success, a 401 (the replay's business), the client gone.
-fn transient<'a>(result: &Result<Response<Incoming>, ProxyError>, head: Option<&'a HeaderMap>) -> Option<Failure<'a>> {
+fn transient<'a>(
+    result: &Result<Response<TruedatBody>, ProxyError>,
+    head: Option<&'a HeaderMap>,
+) -> Option<Failure<'a>> {
     match result {
         Ok(response) => head.map(|headers| Failure::Status(response.status(), headers)),
         // Raised by the connector: nothing of the request reached Truedat.

@@ -48,10 +48,13 @@ pub struct Drain {
 }
 
 /// Serves `listener` until `stop` fires, then drops it so new connections are
-/// refused. Connections already accepted end through `drain`.
-pub async fn serve<H, F>(listener: TcpListener, handler: H, limits: Limits, stop: CancellationToken, drain: Drain)
+/// refused. Connections already accepted end through `drain`. `handlers`
+/// makes the request handler of each new connection, from its peer's
+/// address, so a connection can own state of its own.
+pub async fn serve<M, H, F>(listener: TcpListener, handlers: M, limits: Limits, stop: CancellationToken, drain: Drain)
 where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    M: Fn(SocketAddr) -> H,
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
 {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -76,7 +79,7 @@ where
             () = stop.cancelled() => break,
         };
         let signals = Signals { drain: drain.signal.clone(), pressure: pressure.subscribe() };
-        let connection = serve_connection(stream, peer, handler.clone(), limits, signals);
+        let connection = serve_connection(stream, peer, handlers(peer), limits, signals);
         drain.tasks.spawn(async move {
             connection.await;
             drop(permit);
@@ -105,7 +108,7 @@ async fn slot(permits: &Arc<Semaphore>, pressure: &watch::Sender<()>) -> OwnedSe
 /// `drain` or `pressure` fires.
 async fn serve_connection<H, F>(stream: TcpStream, peer: SocketAddr, handler: H, limits: Limits, mut signals: Signals)
 where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
 {
     let _ = stream.set_nodelay(true);
@@ -119,7 +122,7 @@ where
         let served = served.clone();
         move |request| {
             served.store(true, Ordering::Relaxed);
-            handler(request, peer)
+            handler(request)
         }
     });
     let connection = http1::Builder::new()

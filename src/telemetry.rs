@@ -26,6 +26,7 @@ pub const READY: &str = "truedat_proxy_ready";
 pub const IN_FLIGHT: &str = "truedat_proxy_in_flight_requests";
 pub const LOGIN_DURATION: &str = "truedat_proxy_login_duration_seconds";
 pub const BUILD_INFO: &str = "truedat_proxy_build_info";
+pub const CLIENT_CERT_EXPIRY: &str = "truedat_proxy_client_cert_expiry_timestamp_seconds";
 pub const UPSTREAM_RETRIES: &str = "truedat_proxy_upstream_retries_total";
 
 /// Request latency buckets: from a loopback round trip to a slow report.
@@ -78,6 +79,11 @@ fn describe() {
     describe_gauge!(IN_FLIGHT, "Requests being forwarded right now.");
     describe_histogram!(LOGIN_DURATION, Unit::Seconds, "Duration of login calls to Truedat.");
     describe_gauge!(BUILD_INFO, "Always 1; the version label names the build.");
+    describe_gauge!(
+        CLIENT_CERT_EXPIRY,
+        Unit::Seconds,
+        "Unix time at which the client certificate in use expires (only with upstream.client_cert_file)."
+    );
     describe_counter!(UPSTREAM_RETRIES, "Tries sent to Truedat again after a transient failure, by reason.");
     for reason in crate::retry::Reason::ALL {
         counter!(UPSTREAM_RETRIES, "reason" => reason.label()).absolute(0);
@@ -194,6 +200,13 @@ pub fn record_token(reason: &'static str, expires_at: SystemTime) {
     counter!(TOKEN_REFRESHES, "reason" => reason).increment(1);
     let unix = expires_at.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
     gauge!(TOKEN_EXPIRY).set(unix);
+}
+
+/// The notAfter of the client certificate now in use (set at startup and at
+/// every rotation; never set without a client certificate, so the series
+/// exists only when one is configured).
+pub fn record_client_cert_expiry(not_after_unix: i64) {
+    gauge!(CLIENT_CERT_EXPIRY).set(not_after_unix as f64);
 }
 
 /// Readiness as a gauge, refreshed at every scrape.

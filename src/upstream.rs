@@ -1,33 +1,30 @@
-//! The pooled HTTPS client towards Truedat: rustls with one explicit crypto
-//! provider (ring), system roots plus `upstream.ca_file`, an optional client
-//! certificate, HTTP/1.1 or HTTP/2 by ALPN, and an optional CONNECT egress
-//! proxy.
-//!
-//! There is deliberately no option to turn certificate verification off.
+//! The pooled HTTPS client towards Truedat: rustls with the TLS material of
+//! [`crate::tls`] (read again for every new connection, so a rotated
+//! certificate is used without a restart), HTTP/1.1 or HTTP/2 by ALPN, and an
+//! optional CONNECT egress proxy.
 
 use std::error::Error as StdError;
 use std::future::Future;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{HeaderValue, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
 use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
 use tower_service::Service;
 
 use crate::config::{ProxyEnv, Upstream, parse_egress_proxy};
 use crate::origin::Origin;
 use crate::replay::{ClientBodyError, UpstreamBody};
+use crate::tls;
 
 /// The client every upstream call goes through.
 pub type HttpClient = Client<Connector, UpstreamBody>;
@@ -37,14 +34,8 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 /// Why the client could not be built: a startup error naming the key.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("{key}: cannot read {path}: {source}")]
-    File { key: &'static str, path: String, source: std::io::Error },
-    #[error("{key}: {path} holds no usable PEM {what}")]
-    Pem { key: &'static str, path: String, what: &'static str },
-    #[error("upstream.client_key_file: the key does not fit the certificate: {0}")]
-    ClientAuth(rustls::Error),
-    #[error("no trusted CA certificates: the system store is empty and upstream.ca_file is unset")]
-    NoRoots,
+    #[error(transparent)]
+    Tls(#[from] tls::Error),
     #[error("upstream.egress_proxy: {0}")]
     EgressProxy(String),
 }
@@ -70,29 +61,50 @@ impl FailureKind {
     }
 }
 
-/// Builds the pooled client for `origin` from the `[upstream]` settings.
-pub fn build(settings: &Upstream, proxy_env: &ProxyEnv, origin: &Origin) -> Result<HttpClient, BuildError> {
-    let tls = tls_config(settings, origin.is_https())?;
+/// The ways to Truedat: one connector (TCP, TLS, egress proxy, connect
+/// timeout) for the client connections' own links, and the pooled client
+/// built on it for the session calls and for HTTP/2.
+#[derive(Clone)]
+pub struct Clients {
+    pub pool: HttpClient,
+    pub connector: Connector,
+}
+
+/// Builds the connector and the pooled client for `origin` from the
+/// `[upstream]` settings, with the TLS material `tls` (see
+/// [`tls::Material::load`]).
+pub fn build(
+    settings: &Upstream,
+    proxy_env: &ProxyEnv,
+    origin: &Origin,
+    tls: Arc<tls::Material>,
+) -> Result<Clients, BuildError> {
     let dial = Dial::new(settings, proxy_env, origin)?;
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_all_versions()
-        .wrap_connector(dial);
-    let connector = Connector { inner: https, timeout: settings.connect_timeout.0 };
-    Ok(Client::builder(TokioExecutor::new())
+    let connector = Connector { dial, tls, timeout: settings.connect_timeout.0, http2: Arc::default() };
+    let pool = Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(settings.pool_idle_timeout.0)
         // Host is filled from the request URI, always the origin's authority
         // (the proxy removes the client's Host header).
         .set_host(true)
-        .build(connector))
+        .build(connector.clone());
+    Ok(Clients { pool, connector })
 }
 
 /// Classifies a client error for the status, the metric and the log.
 pub fn classify(error: &hyper_util::client::legacy::Error) -> FailureKind {
-    cause_kind(error).unwrap_or(if error.is_connect() { FailureKind::Connect } else { FailureKind::Protocol })
+    if error.is_connect() { classify_connect(error) } else { classify_exchange(error) }
+}
+
+/// A failure to connect (TCP, TLS, egress proxy, connect timeout).
+pub fn classify_connect(error: &(dyn StdError + 'static)) -> FailureKind {
+    cause_kind(error).unwrap_or(FailureKind::Connect)
+}
+
+/// A failure on an established connection: broken, or a malformed answer.
+pub fn classify_exchange(error: &(dyn StdError + 'static)) -> FailureKind {
+    cause_kind(error).unwrap_or(FailureKind::Protocol)
 }
 
 /// A timeout or TLS failure anywhere in the chain of causes.
@@ -139,74 +151,6 @@ pub fn root_cause(error: &(dyn StdError + 'static)) -> String {
         source = e.source();
     }
     messages.join(": ")
-}
-
-/// The TLS client configuration. For a plain-http upstream no handshake ever
-/// happens, so the system roots (hundreds of files) are not even read.
-fn tls_config(settings: &Upstream, https: bool) -> Result<rustls::ClientConfig, BuildError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_root_certificates(roots(settings.ca_file.as_deref(), https)?);
-    match (&settings.client_cert_file, &settings.client_key_file) {
-        (Some(cert), Some(key)) => {
-            let chain = read_certs("upstream.client_cert_file", cert)?;
-            let key = read_key(key)?;
-            builder.with_client_auth_cert(chain, key).map_err(BuildError::ClientAuth)
-        }
-        _ => Ok(builder.with_no_client_auth()),
-    }
-}
-
-/// `upstream.ca_file` (always checked, so a bad file is reported whatever the
-/// scheme) plus, when `system` is set, the system's roots.
-fn roots(ca_file: Option<&Path>, system: bool) -> Result<rustls::RootCertStore, BuildError> {
-    let mut roots = rustls::RootCertStore::empty();
-    let added = if system { add_system_roots(&mut roots) } else { usize::MAX };
-    if let Some(path) = ca_file {
-        for cert in read_certs("upstream.ca_file", path)? {
-            roots.add(cert).map_err(|_| BuildError::Pem {
-                key: "upstream.ca_file",
-                path: path.display().to_string(),
-                what: "CA certificate",
-            })?;
-        }
-    } else if added == 0 {
-        return Err(BuildError::NoRoots);
-    }
-    Ok(roots)
-}
-
-fn add_system_roots(roots: &mut rustls::RootCertStore) -> usize {
-    let native = rustls_native_certs::load_native_certs();
-    for error in &native.errors {
-        tracing::warn!(error = %error, "could not load some system CA certificates");
-    }
-    roots.add_parsable_certificates(native.certs).0
-}
-
-fn read_pem(key: &'static str, path: &Path) -> Result<Vec<u8>, BuildError> {
-    std::fs::read(path).map_err(|source| BuildError::File { key, path: path.display().to_string(), source })
-}
-
-fn read_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, BuildError> {
-    let pem = read_pem(key, path)?;
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok).collect();
-    if certs.is_empty() {
-        return Err(BuildError::Pem { key, path: path.display().to_string(), what: "certificate" });
-    }
-    Ok(certs)
-}
-
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, BuildError> {
-    let key = "upstream.client_key_file";
-    let pem = read_pem(key, path)?;
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|_| BuildError::Pem {
-        key,
-        path: path.display().to_string(),
-        what: "private key",
-    })
 }
 
 /// The TCP leg: straight to Truedat, or through a CONNECT tunnel.
@@ -300,14 +244,31 @@ impl Service<Uri> for Dial {
 #[error("connecting to Truedat (TCP and TLS) took longer than {0:?}")]
 pub struct ConnectTimeout(Duration);
 
-/// `HttpsConnector` with one deadline over TCP connect and TLS handshake.
+/// `HttpsConnector` with one deadline over TCP connect and TLS handshake,
+/// built for each new connection around the TLS configuration current at that
+/// moment (two `Arc` clones), so a rotation reaches every new connection;
+/// it remembers which protocol Truedat chose last.
 #[derive(Clone)]
 pub struct Connector {
-    inner: HttpsConnector<Dial>,
+    dial: Dial,
+    tls: Arc<tls::Material>,
     timeout: Duration,
+    /// The last connection made negotiated HTTP/2 by ALPN. The first login
+    /// connects before any client request is forwarded, so requests know
+    /// from the start whether to share one multiplexed connection or to use
+    /// one HTTP/1.1 connection each.
+    http2: Arc<AtomicBool>,
 }
 
-type Stream = hyper_rustls::MaybeHttpsStream<TokioIo<TcpStream>>;
+impl Connector {
+    /// Whether Truedat spoke HTTP/2 on the last connection made to it.
+    pub fn speaks_http2(&self) -> bool {
+        self.http2.load(Ordering::Relaxed)
+    }
+}
+
+/// A connection to Truedat: plain TCP, or TLS over it.
+pub type Stream = hyper_rustls::MaybeHttpsStream<TokioIo<TcpStream>>;
 
 impl Service<Uri> for Connector {
     type Response = Stream;
@@ -315,17 +276,23 @@ impl Service<Uri> for Connector {
     type Future = Pin<Box<dyn Future<Output = Result<Stream, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
+        self.dial.poll_ready(cx)
     }
 
     fn call(&mut self, dst: Uri) -> Self::Future {
-        let connecting = self.inner.call(dst);
-        let timeout = self.timeout;
+        let mut https = HttpsConnector::from((self.dial.clone(), self.tls.current()));
+        let (timeout, http2) = (self.timeout, self.http2.clone());
         Box::pin(async move {
-            match tokio::time::timeout(timeout, connecting).await {
-                Ok(result) => result,
-                Err(_) => Err(ConnectTimeout(timeout).into()),
-            }
+            let connecting = async move {
+                std::future::poll_fn(|cx| https.poll_ready(cx)).await?;
+                https.call(dst).await
+            };
+            let stream = match tokio::time::timeout(timeout, connecting).await {
+                Ok(result) => result?,
+                Err(_) => return Err(ConnectTimeout(timeout).into()),
+            };
+            http2.store(stream.connected().is_negotiated_h2(), Ordering::Relaxed);
+            Ok(stream)
         })
     }
 }

@@ -32,6 +32,7 @@
 //! | `BENCH_UPSTREAM_WORKERS` | 1 | worker_processes of the upstream nginx |
 //! | `BENCH_OUT_DIR` | target/bench | where reports go |
 //! | `BENCH_KEEP_TMP` | 0 | 1 keeps the run's directory (configs, logs, perf output) |
+//! | `BENCH_BINARY` | this build | another truedat-auth-proxy binary to measure (to compare two commits) |
 //!
 //! The files, one job each: [`cases`] (what is measured), [`group`] (running
 //! one group of cases), [`nginx`] and [`ours`] (the processes under test),
@@ -87,7 +88,7 @@ fn main() {
     }
     let mut results = Results {
         perf_skipped: if settings.perf { perf::available().err() } else { Some("BENCH_PERF=0".to_owned()) },
-        binary_bytes: std::fs::metadata(ours::BINARY).map_or(0, |m| m.len()),
+        binary_bytes: std::fs::metadata(ours::binary()).map_or(0, |m| m.len()),
         ..Results::default()
     };
     let environment = environment(&settings, &nginx_binary, &cases);

@@ -15,6 +15,12 @@ use super::support::prometheus::Scrape;
 
 /// The binary under test (a release build under `cargo test --release`).
 pub const BINARY: &str = env!("CARGO_BIN_EXE_truedat-auth-proxy");
+
+/// The binary to run: `BENCH_BINARY` (another build, to compare two
+/// commits on one machine), else [`BINARY`].
+pub fn binary() -> String {
+    std::env::var("BENCH_BINARY").ok().filter(|b| !b.is_empty()).unwrap_or_else(|| BINARY.to_owned())
+}
 /// How long the proxy may take from start to `/readyz` 200.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -65,7 +71,7 @@ worker_threads = {workers}
         let started = Instant::now();
         let mut process = Process::spawn(
             "truedat-auth-proxy",
-            Command::new(BINARY)
+            Command::new(binary())
                 .arg("--config")
                 .arg(&config)
                 .env_clear()

@@ -24,7 +24,12 @@ invalid values. Against it:
 - every container has cpu and memory requests and limits, a hardened
   securityContext, and an image pinned to a tag or digest other than latest;
 - native: init container with restartPolicy Always; regular: no restartPolicy,
-  a shutdown.delay for Deployments, and a Job's tool POSTs /quitquitquit.
+  the first container, with `truedat-auth-proxy wait --config <the same file>`
+  as its postStart hook (so the tool starts once the proxy holds a token) and
+  a --timeout as long as the startup probe's budget, a shutdown.delay for
+  Deployments, and a Job's tool POSTs /quitquitquit;
+- a PrometheusRule's rules each have an alert name and a PromQL expression
+  that parses and names only truedat_proxy_* metrics.
 
 Prints one line per problem, naming the file, object and field; exits 1 if any.
 """
@@ -43,6 +48,11 @@ import tomllib
 from dataclasses import dataclass, field
 
 import yaml
+
+try:  # installed by tests/deploy/validate.sh beside PyYAML
+    import promql_parser
+except ImportError:  # pragma: no cover - run by hand without it
+    promql_parser = None
 
 PROXY_NAME = "truedat-auth-proxy"
 ENV_PREFIX = "TRUEDAT_PROXY_"
@@ -150,6 +160,7 @@ class Workload:
         proxies = [c for c in self.init + self.regular if c.get("name") == PROXY_NAME]
         report.check(len(proxies) == 1, self.where, f"expected one container named {PROXY_NAME}, found {len(proxies)}")
         self.proxy = proxies[0] if proxies else None
+        self.config_path: str | None = None
         self.config = self.proxy_config(config_maps, binary) if self.proxy else None
 
     def at(self, container: dict) -> str:
@@ -162,6 +173,7 @@ class Workload:
         path = path or next((v.get("value") for v in env if v.get("name") == ENV_PREFIX + "CONFIG"), None)
         if not self.report.check(path is not None, where, "no --config PATH (nor TRUEDAT_PROXY_CONFIG)"):
             return None
+        self.config_path = path
         volumes = {v["name"]: v for v in self.pod.get("volumes", [])}
         for mount in self.proxy.get("volumeMounts", []):
             volume = volumes.get(mount["name"], {})
@@ -223,6 +235,26 @@ class Workload:
             check(self.proxy in self.regular, where, "not a regular container in this variant")
             check("restartPolicy" not in self.proxy, where, "restartPolicy on a container needs native sidecars")
             check(not any(c.get("restartPolicy") for c in self.init), self.where, "an init container has restartPolicy")
+            check(bool(self.regular) and self.regular[0] is self.proxy, where,
+                  "not the first container: the kubelet holds only later containers until its postStart hook returns")
+
+    def check_post_start(self) -> None:
+        """Without native sidecars: `truedat-auth-proxy wait` as the proxy's
+        postStart hook, reading the proxy's own configuration file, for as long
+        as the startup probe would wait."""
+        where, check = self.at(self.proxy), self.report.check
+        command = self.proxy.get("lifecycle", {}).get("postStart", {}).get("exec", {}).get("command", [])
+        if not check(len(command) >= 2 and command[0].endswith(PROXY_NAME) and command[1] == "wait", where,
+                     f"lifecycle.postStart is not an exec of `{PROXY_NAME} wait`: the tool would start before the proxy is ready"):
+            return
+        option = lambda name: next((command[i + 1] for i, a in enumerate(command[:-1]) if a == name), None)
+        check(option("--config") == self.config_path, where,
+              f"postStart wait --config {option('--config')!r} is not the proxy's --config {self.config_path!r}")
+        timeout = seconds(option("--timeout") or "30s")
+        startup = self.proxy.get("startupProbe", {})
+        budget = startup.get("periodSeconds", 10) * startup.get("failureThreshold", 3)
+        check(timeout >= budget, where,
+              f"postStart wait --timeout is {timeout:g} s, shorter than the startupProbe's {budget} s")
 
     def check_addresses_and_probes(self) -> None:
         where, check, config = self.at(self.proxy), self.report.check, self.config
@@ -300,9 +332,11 @@ class Workload:
                           f"shutdown.drain_timeout + token.login_timeout = {needed:g} s")
 
     def check_regular_extras(self) -> None:
-        """Without native sidecars: a delay for Deployments, quitquitquit for Jobs."""
+        """Without native sidecars: the postStart hold, a delay for Deployments,
+        quitquitquit for Jobs."""
         if self.config is None:
             return
+        self.check_post_start()
         if self.obj["kind"] == "Job":
             tools = [c for c in self.regular if c is not self.proxy]
             admin = split_address(self.config["admin"]["address"])[1]
@@ -335,6 +369,31 @@ def check_pod_monitors(path: str, docs: list[dict], workloads: list[Workload], r
                 report.check(e.get("path", "/metrics") == "/metrics", where, "endpoint path is not /metrics")
 
 
+def check_prometheus_rules(path: str, docs: list[dict], report: Report) -> None:
+    for rule_set in (d for d in docs if d.get("kind") == "PrometheusRule"):
+        where = f"{path}: {name_of(rule_set)}"
+        report.check(rule_set.get("apiVersion") == "monitoring.coreos.com/v1", where,
+                     "apiVersion is not monitoring.coreos.com/v1")
+        rules = [r for g in rule_set.get("spec", {}).get("groups", []) for r in g.get("rules", [])]
+        report.check(bool(rules), where, "no rules")
+        for rule in rules:
+            at = f"{where}: rule {rule.get('alert') or rule.get('record')}"
+            expr = str(rule.get("expr", ""))
+            report.check(bool(rule.get("alert")) and bool(expr), at, "an alert needs a name and an expr")
+            if promql_parser is None:
+                continue
+            try:
+                parsed = promql_parser.parse(expr)
+            except ValueError as e:
+                report.check(False, at, f"expr is not PromQL ({e}): {expr}")
+                continue
+            names: set[str] = set()
+            promql_parser.walk(parsed, lambda n: names.add(n.name)
+                               if isinstance(n, promql_parser.VectorSelector) and n.name else None)
+            report.check(bool(names) and all(n.startswith("truedat_proxy_") for n in names), at,
+                         f"expr names {sorted(names)}, not only truedat_proxy_* metrics")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--binary", required=True, help="the truedat-auth-proxy binary, for --check-config")
@@ -363,6 +422,7 @@ def main() -> int:
             if variant == "regular":
                 w.check_regular_extras()
         check_pod_monitors(path, docs, workloads, report)
+        check_prometheus_rules(path, docs, report)
 
     for problem in report.problems:
         print(f"FAIL {problem}")

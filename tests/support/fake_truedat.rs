@@ -12,6 +12,7 @@
 //! - `sessions`: the allowlist and the tokens pointing into it
 //! - `state`: what the connection tasks share with the [`FakeTruedat`] handle
 //! - `body`, `query`: response shapes, streaming bodies, query parameters
+//! - `client_certs`: the serial of the client certificate each TLS connection presented
 //! - `outage`: the next N data requests fail as during an outage ([`Outage`])
 //! - `faults`, `conn`, `idle_close`: data-route faults ([`DataFault`]), connections ended
 //!   from a handler (reset or quiet close), keep-alive connections closed after each response
@@ -20,6 +21,7 @@
 
 mod auth;
 mod body;
+mod client_certs;
 mod conn;
 mod data;
 mod faults;
@@ -44,7 +46,9 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-// Not every test binary uses every fault.
+// Not every test binary uses every helper.
+#[allow(unused_imports)]
+pub use client_certs::serial_of;
 #[allow(unused_imports)]
 pub use faults::{DataFault, STALL_BODY_LEN, STALL_SENT_LEN};
 #[allow(unused_imports)]
@@ -225,6 +229,16 @@ impl FakeTruedat {
         self.state.logouts()
     }
 
+    /// Connections accepted since the fake started (restarts included).
+    pub fn connections_accepted(&self) -> usize {
+        self.state.connections.accepted()
+    }
+
+    /// Connections open right now.
+    pub fn connections_open(&self) -> usize {
+        self.state.connections.open_now()
+    }
+
     /// `GET /api/sessions` received (the proxy's check of a token after a 401).
     pub fn session_checks(&self) -> usize {
         self.state.session_checks()
@@ -285,6 +299,12 @@ impl FakeTruedat {
     /// test process by gigabytes.
     pub fn set_record_data(&self, record: bool) {
         self.state.faults.set_record_data(record);
+    }
+
+    /// Over TLS: the serial (lowercase hex, see [`serial_of`]) of the client certificate
+    /// each accepted connection presented, in order; `None` for one without.
+    pub fn client_cert_serials(&self) -> Vec<Option<String>> {
+        self.state.client_certs.serials()
     }
 
     /// True as soon as `logins() >= n`; false if that takes longer than `timeout`.

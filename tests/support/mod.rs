@@ -13,6 +13,7 @@
 //! - [`pki`]: certificates generated per test (CA, server, expired, client) and rustls servers
 //! - [`relay`]: a switchable TCP relay and a TLS front that records what the proxy negotiated
 //! - [`connect_proxy`]: a recording HTTP CONNECT egress proxy
+//! - [`secret_dir`]: a directory updated like a mounted Kubernetes Secret (`..data` symlink swap)
 
 // Each test binary (and the demo) uses a different subset of these helpers.
 #![allow(dead_code)]
@@ -28,6 +29,7 @@ pub mod prometheus;
 pub mod proxy;
 pub mod raw;
 pub mod relay;
+pub mod secret_dir;
 pub mod tap;
 pub mod tls;
 pub mod wait;

@@ -72,6 +72,11 @@ impl Ca {
         self.file.path()
     }
 
+    /// The CA certificate as PEM.
+    pub fn pem(&self) -> Vec<u8> {
+        self.issuer.pem().into_bytes()
+    }
+
     /// The CA certificate.
     pub fn der(&self) -> CertificateDer<'static> {
         self.issuer.der().clone()
@@ -96,6 +101,12 @@ impl Ca {
     /// A client certificate (extended key usage `clientAuth`) for `name`.
     pub fn client_cert(&self, name: &str) -> Leaf {
         self.issue(&[name], Purpose::Client, (2000, 2100))
+    }
+
+    /// A client certificate for `name` valid until 1 January of `year`, so
+    /// that certificates can be told apart by their notAfter.
+    pub fn client_cert_until(&self, name: &str, year: i32) -> Leaf {
+        self.issue(&[name], Purpose::Client, (2000, year))
     }
 
     fn issue(&self, names: &[&str], purpose: Purpose, (from, until): (i32, i32)) -> Leaf {
@@ -140,6 +151,27 @@ impl Leaf {
     /// The private key.
     pub fn key(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.clone()))
+    }
+
+    /// The serial number, as the fake Truedat records it (`fake_truedat::serial_of`).
+    pub fn serial(&self) -> String {
+        super::fake_truedat::serial_of(&self.cert)
+    }
+
+    /// The notAfter, in Unix seconds.
+    pub fn not_after_unix(&self) -> i64 {
+        let (_, parsed) = x509_parser::parse_x509_certificate(&self.cert).expect("rcgen writes valid X.509");
+        parsed.validity().not_after.timestamp()
+    }
+
+    /// The certificate as PEM, for writing it elsewhere (see `secret_dir`).
+    pub fn cert_pem(&self) -> Vec<u8> {
+        std::fs::read(self.cert_file()).expect("the certificate's temporary file is readable")
+    }
+
+    /// The private key as PEM.
+    pub fn key_pem(&self) -> Vec<u8> {
+        std::fs::read(self.key_file()).expect("the key's temporary file is readable")
     }
 }
 

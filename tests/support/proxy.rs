@@ -83,8 +83,18 @@ impl TestProxy {
 
     /// Starts a proxy with exactly `config`.
     pub async fn start_with(config: Config) -> TestProxy {
+        TestProxy::start_app(config, |app| app).await
+    }
+
+    /// Starts a proxy with exactly `config` that checks its TLS files every
+    /// `every` (the binary checks every `tls::POLL_INTERVAL`).
+    pub async fn start_with_tls_poll(config: Config, every: Duration) -> TestProxy {
+        TestProxy::start_app(config, |app| app.with_tls_poll_interval(every)).await
+    }
+
+    async fn start_app(config: Config, adjust: impl FnOnce(App) -> App) -> TestProxy {
         config.validate().expect("the test configuration is valid");
-        let app = App::build(config).await.expect("the proxy starts");
+        let app = adjust(App::build(config).await.expect("the proxy starts"));
         let bound = app.bound();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(app.run(shutdown.clone()));

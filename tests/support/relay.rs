@@ -189,6 +189,11 @@ impl TlsFront {
         TlsFront { addr, sessions, accept_task }
     }
 
+    /// The front's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// `https://localhost:PORT`: the name in the test certificates.
     pub fn url(&self) -> String {
         format!("https://localhost:{}", self.addr.port())

@@ -64,6 +64,7 @@ pub(super) async fn accept_loop(
 }
 
 async fn serve_connection(stream: TcpStream, tls: Option<TlsAcceptor>, state: Arc<State>, stop: CancellationToken) {
+    let _open = state.connections.open();
     // Small request/response exchanges would otherwise wait on Nagle + delayed ACKs.
     // Failing to set it only costs latency.
     let _ = stream.set_nodelay(true);
@@ -77,6 +78,7 @@ async fn serve_connection(stream: TcpStream, tls: Option<TlsAcceptor>, state: Ar
             Some(acceptor) => {
                 // A failed handshake (a client that distrusts our CA, say) has nobody to answer.
                 if let Ok(stream) = acceptor.accept(stream).await {
+                    state.client_certs.record(stream.get_ref().1.peer_certificates());
                     serve_http(TokioIo::new(stream), state, stop, conn.clone()).await;
                 }
             }

@@ -2,12 +2,14 @@
 //! handle: configuration, the switches tests flip at run time, sessions, counters and
 //! the requests received.
 
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::client_certs::ClientCerts;
 use super::faults::Faults;
 use super::fleet::Fleet;
 use super::outage::Outages;
@@ -25,7 +27,10 @@ pub(super) struct State {
     pub(super) sessions: SessionStore,
     /// Faults of the data routes and the switches of long runs.
     pub(super) faults: Faults,
+    /// The client certificate of every TLS connection.
+    pub(super) client_certs: ClientCerts,
     pub(super) outages: Outages,
+    pub(super) connections: Connections,
     /// The password-check cost model and the fleet-scale counters.
     pub(super) fleet: Fleet,
     /// Changed by tests while requests are in flight (password rotation, short tokens).
@@ -55,7 +60,9 @@ impl State {
             legacy_refresh_in_body: config.legacy_refresh_in_body,
             sessions: SessionStore::new(),
             faults: Faults::new(),
+            client_certs: ClientCerts::default(),
             outages: Outages::default(),
+            connections: Connections::default(),
             fleet: Fleet::default(),
             settings: Mutex::new(Settings { password: config.password, token_ttl: config.token_ttl }),
             login_mode: watch::Sender::new(LoginMode::Normal),
@@ -164,5 +171,38 @@ impl State {
 
     pub(super) fn data_requests(&self) -> Vec<RecordedRequest> {
         lock(&self.data_requests).clone()
+    }
+}
+
+/// Connections accepted, and those still open: how many connections a
+/// client keeps to Truedat.
+#[derive(Default)]
+pub(super) struct Connections {
+    accepted: AtomicUsize,
+    open: Arc<AtomicUsize>,
+}
+
+/// Counts a connection as open until dropped.
+pub(super) struct OpenConnection(Arc<AtomicUsize>);
+
+impl Connections {
+    pub(super) fn open(&self) -> OpenConnection {
+        self.accepted.fetch_add(1, Ordering::SeqCst);
+        self.open.fetch_add(1, Ordering::SeqCst);
+        OpenConnection(self.open.clone())
+    }
+
+    pub(super) fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn open_now(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
