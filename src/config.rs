@@ -213,6 +213,9 @@ pub struct TokenSettings {
     pub retry_initial: Dur,
     pub retry_max: Dur,
     pub first_token_wait: Dur,
+    /// How often `GET /api/ping` is probed while Truedat cannot be reached, so
+    /// the login after its return does not wait out the backoff; 0 turns it off.
+    pub probe_interval: Dur,
 }
 
 impl Default for TokenSettings {
@@ -226,6 +229,7 @@ impl Default for TokenSettings {
             retry_initial: Dur::millis(500),
             retry_max: Dur::secs(30),
             first_token_wait: Dur::secs(10),
+            probe_interval: Dur::secs(1),
         }
     }
 }
@@ -489,6 +493,13 @@ impl Config {
                 token.retry_initial, token.retry_max
             ));
         }
+        if !token.probe_interval.0.is_zero() && token.probe_interval < MIN_PROBE_INTERVAL {
+            problems.push(format!(
+                "token.probe_interval: {} is shorter than {MIN_PROBE_INTERVAL}; a fleet of sidecars would flood \
+                 Truedat with pings (0s turns probing off)",
+                token.probe_interval
+            ));
+        }
     }
 
     fn validate_proxy(&self, problems: &mut Vec<String>) {
@@ -541,6 +552,10 @@ impl Config {
 /// The largest `retry.budget_ratio`: a retry budget of 1000 times the traffic
 /// is no budget at all, and the budget's implementation refuses more.
 const MAX_BUDGET_RATIO: f64 = 1000.0;
+
+/// Shortest `token.probe_interval` other than 0: a hundred sidecars probing at
+/// this rate already send a thousand pings a second to an ingress in trouble.
+const MIN_PROBE_INTERVAL: Dur = Dur::millis(100);
 
 fn require_positive(problems: &mut Vec<String>, key: &str, value: Dur) {
     if value.0.is_zero() {
@@ -751,6 +766,17 @@ mod tests {
             "proxy.allow_paths",
         ] {
             assert!(problems.iter().any(|p| p.starts_with(key)), "{key} missing from {problems:?}");
+        }
+    }
+
+    #[test]
+    fn probe_interval_is_off_at_zero_and_otherwise_at_least_100ms() {
+        let mut c = minimal();
+        for (value, valid) in [("0s", true), ("100ms", true), ("1s", true), ("99ms", false), ("1ms", false)] {
+            c.token.probe_interval = value.parse().unwrap();
+            let problems = c.validate().err().map(|e| e.0).unwrap_or_default();
+            assert_eq!(problems.is_empty(), valid, "{value}: {problems:?}");
+            assert!(problems.iter().all(|p| p.starts_with("token.probe_interval: ")), "{problems:?}");
         }
     }
 

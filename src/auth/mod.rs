@@ -5,6 +5,7 @@
 //! - `session`: the HTTP calls to Truedat's session routes.
 //! - `jwt`: the token's lifetime from its claims.
 //! - `backoff`: delays between failed logins.
+//! - `probe`: ends that delay early when an unreachable Truedat answers pings again.
 //! - `liveness`: whether a token Truedat answered 401 to is really dead.
 //! - `renewer`: the one task that logs in, so logins are single-flight by construction.
 
@@ -12,6 +13,7 @@ pub mod backoff;
 pub mod cell;
 pub mod jwt;
 pub mod liveness;
+pub mod probe;
 pub mod renewer;
 pub mod session;
 

@@ -14,6 +14,7 @@ use super::Auth;
 use super::backoff::Backoff;
 use super::cell::Token;
 use super::jwt;
+use super::probe::{self, Outage};
 use super::session::{Issued, SessionError, Sessions};
 use crate::config::{RenewWith, TokenSettings};
 use crate::telemetry;
@@ -101,10 +102,12 @@ impl Renewer {
         let mut backoff = Backoff::new(self.settings.retry_initial.0, self.settings.retry_max.0);
         let mut failures = Failures::default();
         let mut rejections = Rejections::new(self.settings.retry_initial.0, self.settings.retry_max.0);
+        let mut outage = Outage::default();
         loop {
             match self.renew(reason).await {
                 Ok(renew_at) => {
                     failures.recovered();
+                    outage.ended();
                     backoff.reset();
                     let obtained = Instant::now();
                     reason = self.next_trigger(renew_at.max(obtained + MIN_TOKEN_GAP)).await;
@@ -127,7 +130,8 @@ impl Renewer {
                     self.auth.set_failure(Some(error.readiness_reason()));
                     let delay = backoff.next_delay();
                     failures.record(&error, reason, delay);
-                    tokio::time::sleep(delay).await;
+                    outage.login_failed(probe::arms(&error), tokio::time::Instant::now());
+                    self.wait_after_failure(delay, &mut outage).await;
                 }
             }
         }
@@ -137,6 +141,13 @@ impl Renewer {
     fn forget_dead(&mut self) {
         let dead = self.auth.cell().generation();
         self.issued.retain(|t| t.generation != dead);
+    }
+
+    /// Waits out the backoff `delay`, or less when probes see an unreachable
+    /// Truedat return (SPEC §3.1).
+    async fn wait_after_failure(&self, delay: Duration, outage: &mut Outage) {
+        let interval = self.settings.probe_interval.0;
+        probe::wait(delay, interval, outage, || self.sessions.ping(interval)).await;
     }
 
     /// Waits for the renewal time, or for a 401 on the current token.

@@ -21,6 +21,8 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 const LOGIN_ROUTE: &str = "/api/sessions";
 const REFRESH_ROUTE: &str = "/api/sessions/refresh";
+/// Answered 200 `pong` by every Truedat service, without credentials.
+const PING_ROUTE: &str = "/api/ping";
 
 /// Where the password comes from at each login.
 #[derive(Debug, Clone)]
@@ -173,6 +175,21 @@ impl Sessions {
             .expect("static method, valid URI and valid header values");
         let (status, _, _) = self.exchange(LOGIN_ROUTE, request).await?;
         Ok(status == StatusCode::OK)
+    }
+
+    /// `GET /api/ping` without credentials: whether Truedat answered 200
+    /// within `timeout`. Any other outcome, whatever it was, is just "not yet".
+    pub async fn ping(&self, timeout: Duration) -> bool {
+        let request =
+            Request::get(self.origin.route(PING_ROUTE)).body(UpstreamBody::Empty).expect("static method and valid URI");
+        let call = async {
+            let response = self.client.request(request).await.ok()?;
+            let ok = response.status() == StatusCode::OK;
+            // Read to its end (it is tiny) so the connection returns to the pool.
+            Limited::new(response.into_body(), MAX_ANSWER_BYTES).collect().await.ok()?;
+            Some(ok)
+        };
+        tokio::time::timeout(timeout, call).await.ok().flatten().unwrap_or(false)
     }
 
     fn login_body(&self) -> Result<Vec<u8>, SessionError> {

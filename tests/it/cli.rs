@@ -371,6 +371,7 @@ async fn check_config_prints_every_section_with_the_spec_defaults_and_stays_offl
         ("token.retry_initial", "500ms"),
         ("token.retry_max", "30s"),
         ("token.first_token_wait", "10s"),
+        ("token.probe_interval", "1s"),
         ("shutdown.drain_timeout", "30s"),
         ("shutdown.delay", "0s"),
     ];

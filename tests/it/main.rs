@@ -5,6 +5,7 @@
 mod support;
 
 mod cli;
+mod comeback;
 mod deploy;
 mod egress;
 mod fake_truedat;

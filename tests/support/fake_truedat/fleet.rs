@@ -37,7 +37,8 @@ pub struct LoginRecord {
     pub arrived: Instant,
     /// From arrival to the answer, or to the moment the client went away.
     pub took: Duration,
-    /// The client closed the connection before the answer (its login timed out).
+    /// Never answered: the client closed the connection first (its login timed
+    /// out), or the fake cut it ([`FakeTruedat::stop_listening`], shutdown).
     pub abandoned: bool,
 }
 
