@@ -395,7 +395,7 @@ async fn a_client_that_stops_reading_a_large_download_costs_bounded_memory() {
 async fn truedat_unreachable_for_several_backoff_periods_then_up_makes_the_proxy_ready() {
     let down = fake(|_| {}).await;
     let addr = down.addr();
-    down.shutdown().await;
+    let port = down.shutdown_keeping_port().await;
     let toml = binary_toml(
         &format!("http://{addr}"),
         &["token.retry_initial = \"100ms\"", "token.retry_max = \"400ms\"", "token.first_token_wait = \"300ms\""],
@@ -422,7 +422,7 @@ async fn truedat_unreachable_for_several_backoff_periods_then_up_makes_the_proxy
         .count();
     assert_eq!(errors, 1, "one error line per change of state, not per retry:\n{}", binary.output());
 
-    let fake = FakeTruedat::start_at(addr, Default::default()).await.expect("the port is free again");
+    let fake = port.reopen(Default::default()).await.expect("the port is free again");
     wait_binary_ready(&client, &binary).await;
     assert_eq!(client.get(&binary.url("/api/data")).await.status, 200);
     assert_eq!(fake.logins(), 1);

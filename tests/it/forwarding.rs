@@ -217,7 +217,7 @@ async fn a_large_download_streams_through_intact() {
 #[tokio::test]
 async fn truedat_refusing_connections_is_a_502() {
     let (fake, proxy) = ready_pair().await;
-    fake.shutdown().await;
+    let _port = fake.shutdown_keeping_port().await;
     let reply = proxy.get("/api/data").await;
     assert_eq!(reply.status, 502);
     assert_eq!(reply.header("content-type"), Some("application/json"));

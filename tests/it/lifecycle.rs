@@ -205,7 +205,7 @@ async fn wrong_password_keeps_the_proxy_up_unready_and_backing_off() {
 async fn truedat_down_at_start_then_up_makes_the_proxy_ready() {
     let down = fake(|_| {}).await;
     let addr = down.addr();
-    down.shutdown().await;
+    let port = down.shutdown_keeping_port().await;
     let proxy = TestProxy::start_with(crate::support::proxy::test_config(&format!("http://{addr}"))).await;
 
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -213,7 +213,7 @@ async fn truedat_down_at_start_then_up_makes_the_proxy_ready() {
     assert_eq!(readyz.status, 503);
     assert_eq!(readyz.json()["errors"]["detail"], "Truedat unreachable");
 
-    let fake = crate::support::fake_truedat::FakeTruedat::start_at(addr, Default::default()).await.unwrap();
+    let fake = port.reopen(Default::default()).await.unwrap();
     assert!(proxy.wait_ready(READY).await);
     assert_eq!(proxy.get("/api/data").await.status, 200);
     assert_eq!(fake.logins(), 1);

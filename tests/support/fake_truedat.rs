@@ -55,6 +55,8 @@ pub use faults::{DataFault, STALL_BODY_LEN, STALL_SENT_LEN};
 pub use fleet::{LoginRecord, PasswordCheck};
 #[allow(unused_imports)]
 pub use outage::Outage;
+#[allow(unused_imports)]
+pub use restart::ReservedPort;
 use state::State;
 
 /// How the fake starts; the run-time switches are methods of [`FakeTruedat`].
@@ -139,6 +141,8 @@ pub struct FakeTruedat {
     stop: CancellationToken,
     /// The accept loop; `None` once shutdown has awaited it.
     accept_task: Option<JoinHandle<()>>,
+    /// Holds the port while [`stop_listening`](Self::stop_listening) keeps it closed.
+    reserved: Option<restart::ReservedPort>,
 }
 
 impl FakeTruedat {
@@ -169,7 +173,7 @@ impl FakeTruedat {
         let stop = CancellationToken::new();
         let is_tls = tls.is_some();
         let accept_loop = server::accept_loop(listener, tls, Arc::clone(&state), stop.clone());
-        Ok(FakeTruedat { state, addr, tls: is_tls, stop, accept_task: Some(tokio::spawn(accept_loop)) })
+        Ok(FakeTruedat { state, addr, tls: is_tls, stop, accept_task: Some(tokio::spawn(accept_loop)), reserved: None })
     }
 
     /// The bound address.
