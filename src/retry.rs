@@ -17,6 +17,7 @@ use http::header::RETRY_AFTER;
 use http::{HeaderMap, Method, StatusCode};
 use tower::retry::budget::{Budget, TpsBudget};
 
+use crate::auth::backoff;
 use crate::config::RetrySettings;
 
 /// Over how long the budget counts requests and retries.
@@ -168,13 +169,10 @@ impl RetryPolicy {
         }
     }
 
-    /// Exponential backoff with equal jitter: the `n`th pause is drawn from
-    /// the upper half of `min(initial * 2^n, max)`.
+    /// Exponential backoff with equal jitter, as between failed logins: the
+    /// `n`th pause is drawn from the upper half of `min(initial * 2^n, max)`.
     fn backoff(&self, retries: u32, jitter: f64) -> Duration {
-        let factor = 2u32.checked_pow(retries.min(31)).unwrap_or(u32::MAX);
-        let step = self.backoff_initial.checked_mul(factor).map_or(self.backoff_max, |d| d.min(self.backoff_max));
-        let jitter = if jitter.is_finite() { jitter.clamp(0.0, 1.0) } else { 0.0 };
-        step / 2 + (step / 2).mul_f64(jitter)
+        backoff::delay(self.backoff_initial, self.backoff_max, retries, jitter)
     }
 }
 

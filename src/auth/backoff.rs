@@ -24,10 +24,9 @@ impl Backoff {
     /// The next delay: the step doubles each time up to `max`, and the delay
     /// is uniformly random in `[step/2, step]`.
     pub fn next_delay(&mut self) -> Duration {
-        let step = self.step();
+        let delay = delay(self.initial, self.max, self.attempt, rand::random());
         self.attempt = self.attempt.saturating_add(1);
-        let half = step / 2;
-        half + half.mul_f64(rand::random::<f64>())
+        delay
     }
 
     /// Back to `initial` after a success.
@@ -35,10 +34,24 @@ impl Backoff {
         self.attempt = 0;
     }
 
+    #[cfg(test)]
     fn step(&self) -> Duration {
-        let factor = 2u32.checked_pow(self.attempt.min(31)).unwrap_or(u32::MAX);
-        self.initial.checked_mul(factor).map_or(self.max, |d| d.min(self.max))
+        step(self.initial, self.max, self.attempt)
     }
+}
+
+/// The `attempt`th delay (from 0) of a schedule from `initial` to `max`: the
+/// step doubles each time up to `max`, and the delay is `jitter` (0..1) of
+/// the way through its upper half. Shared with the retries of requests.
+pub fn delay(initial: Duration, max: Duration, attempt: u32, jitter: f64) -> Duration {
+    let half = step(initial, max, attempt) / 2;
+    let jitter = if jitter.is_finite() { jitter.clamp(0.0, 1.0) } else { 0.0 };
+    half + half.mul_f64(jitter)
+}
+
+fn step(initial: Duration, max: Duration, attempt: u32) -> Duration {
+    let factor = 2u32.checked_pow(attempt.min(31)).unwrap_or(u32::MAX);
+    initial.checked_mul(factor).map_or(max, |d| d.min(max))
 }
 
 #[cfg(test)]

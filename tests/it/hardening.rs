@@ -13,20 +13,12 @@ use http_body_util::Full;
 use serde_json::Value;
 
 use crate::support::client::Client;
-use crate::support::fake_truedat::FakeTruedat;
 use crate::support::prometheus::Scrape;
 use crate::support::proxy::{BinaryProxy, TestProxy, binary_toml, config_file, fake, run_binary};
 use crate::support::raw::RawConn;
 use crate::support::wait::wait_until;
 
-const READY: Duration = Duration::from_secs(10);
 const PATIENCE: Duration = Duration::from_secs(10);
-
-async fn ready_proxy(fake: &FakeTruedat, adjust: impl FnOnce(&mut truedat_auth_proxy::config::Config)) -> TestProxy {
-    let proxy = TestProxy::start(fake, adjust).await;
-    assert!(proxy.wait_ready(READY).await, "the proxy did not become ready");
-    proxy
-}
 
 /// Sends `bytes` on a fresh connection and reads one response.
 async fn raw(addr: SocketAddr, bytes: &[u8]) -> crate::support::raw::RawResponse {
@@ -46,7 +38,7 @@ async fn raw(addr: SocketAddr, bytes: &[u8]) -> crate::support::raw::RawResponse
 #[tokio::test]
 async fn a_401_that_is_not_about_the_token_passes_through_without_a_login() {
     let fake = fake(|_| {}).await;
-    let proxy = ready_proxy(&fake, |_| {}).await;
+    let proxy = TestProxy::ready(&fake, |_| {}).await;
     for i in 0..3 {
         if i > 0 {
             tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -68,7 +60,7 @@ async fn a_401_that_is_not_about_the_token_passes_through_without_a_login() {
 #[tokio::test]
 async fn concurrent_401s_share_one_session_check() {
     let fake = fake(|_| {}).await;
-    let proxy = ready_proxy(&fake, |_| {}).await;
+    let proxy = TestProxy::ready(&fake, |_| {}).await;
     for _ in 0..2 {
         let urls: Vec<String> = (0..30).map(|i| proxy.url(&format!("/api/not_yours?i={i}"))).collect();
         let replies = join_all(urls.iter().map(|url| proxy.client.get(url))).await;
@@ -85,7 +77,7 @@ async fn concurrent_401s_share_one_session_check() {
 #[tokio::test]
 async fn a_401_to_the_replay_ends_it() {
     let fake = fake(|_| {}).await;
-    let proxy = ready_proxy(&fake, |_| {}).await;
+    let proxy = TestProxy::ready(&fake, |_| {}).await;
     fake.revoke_all();
     let reply = proxy.get("/api/not_yours").await;
     assert_eq!(reply.status, 401);
@@ -105,7 +97,7 @@ async fn a_401_to_the_replay_ends_it() {
 #[tokio::test]
 async fn trace_and_track_are_a_405_and_never_forwarded() {
     let fake = fake(|_| {}).await;
-    let proxy = ready_proxy(&fake, |_| {}).await;
+    let proxy = TestProxy::ready(&fake, |_| {}).await;
     for method in ["TRACE", "TRACK"] {
         let response = raw(proxy.proxy, format!("{method} /api/data HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await;
         assert_eq!(response.status(), Some(405), "{method}: {}", response.text());
@@ -120,7 +112,7 @@ async fn trace_and_track_are_a_405_and_never_forwarded() {
 #[tokio::test]
 async fn chunked_bodies_on_get_and_head_are_forwarded_and_other_codings_refused() {
     let fake = fake(|_| {}).await;
-    let proxy = ready_proxy(&fake, |_| {}).await;
+    let proxy = TestProxy::ready(&fake, |_| {}).await;
     for method in ["GET", "HEAD"] {
         let head = format!("{method} /api/search HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
         let response = raw(proxy.proxy, format!("{head}5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n").as_bytes()).await;
@@ -158,7 +150,7 @@ async fn browsers_are_refused_unless_allowed() {
         "GET /api/img HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nSec-Fetch-Dest: image\r\n\r\n",
     ];
     let fake = fake(|_| {}).await;
-    let proxy = ready_proxy(&fake, |_| {}).await;
+    let proxy = TestProxy::ready(&fake, |_| {}).await;
     for request in requests {
         let response = raw(proxy.proxy, request.as_bytes()).await;
         assert_eq!(response.status(), Some(403), "{request}\n{}", response.text());
@@ -168,7 +160,7 @@ async fn browsers_are_refused_unless_allowed() {
     assert_eq!(proxy.get("/api/data_structures").await.status, 200, "a tool's request passes");
     proxy.stop().await;
 
-    let proxy = ready_proxy(&fake, |c| c.proxy.allow_browsers = true).await;
+    let proxy = TestProxy::ready(&fake, |c| c.proxy.allow_browsers = true).await;
     for request in requests {
         assert_eq!(raw(proxy.proxy, request.as_bytes()).await.status(), Some(200), "{request}");
     }
@@ -251,7 +243,7 @@ async fn quitquitquit_accepts_ipv4_loopback_on_a_dual_stack_listener() {
         return;
     }
     let fake = fake(|_| {}).await;
-    let proxy = ready_proxy(&fake, |c| c.admin.address = "[::]:0".parse().unwrap()).await;
+    let proxy = TestProxy::ready(&fake, |c| c.admin.address = "[::]:0".parse().unwrap()).await;
     let url = format!("http://127.0.0.1:{}/quitquitquit", proxy.admin.port());
     let reply = proxy.client.call(Method::POST, &url, Vec::new()).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
@@ -294,7 +286,7 @@ async fn egress_proxy_credentials_are_redacted_in_check_config_and_errors() {
 #[tokio::test]
 async fn shutdown_logs_out_every_token_that_may_still_be_alive() {
     let fake = fake(|c| c.token_ttl = Duration::from_secs(4)).await;
-    let proxy = ready_proxy(&fake, |_| {}).await;
+    let proxy = TestProxy::ready(&fake, |_| {}).await;
     assert!(wait_until(PATIENCE, || async { fake.logins() >= 3 }).await, "no renewals");
     assert!(fake.live_sessions() >= 2, "renewal by login leaves the previous token alive");
     proxy.stop().await;

@@ -7,18 +7,11 @@ use std::time::Duration;
 use http::Method;
 use http_body_util::Full;
 
-use crate::support::fake_truedat::FakeTruedat;
 use crate::support::h1::H1Conn;
 use crate::support::proxy::{TestProxy, fake};
 use crate::support::wait::wait_until;
 
 const READY: Duration = Duration::from_secs(10);
-
-async fn ready_proxy(fake: &FakeTruedat) -> TestProxy {
-    let proxy = TestProxy::start(fake, |_| {}).await;
-    assert!(proxy.wait_ready(READY).await, "the proxy did not become ready");
-    proxy
-}
 
 fn request(method: Method, path: &str, body: &'static str) -> http::Request<Full<bytes::Bytes>> {
     http::Request::builder()
@@ -43,7 +36,7 @@ async fn status(conn: &mut H1Conn, method: Method, path: &str, body: &'static st
 #[tokio::test]
 async fn each_client_connection_keeps_one_connection_to_truedat() {
     let fake = fake(|_| {}).await;
-    let proxy = ready_proxy(&fake).await;
+    let proxy = TestProxy::ready(&fake, |_| {}).await;
     let before = fake.connections_accepted();
     let mut tools = [H1Conn::connect(proxy.proxy).await.unwrap(), H1Conn::connect(proxy.proxy).await.unwrap()];
     for i in 0..20 {
@@ -67,7 +60,7 @@ async fn each_client_connection_keeps_one_connection_to_truedat() {
 #[tokio::test]
 async fn a_connection_truedat_closed_while_idle_is_replaced_before_a_post_is_sent() {
     let fake = fake(|_| {}).await;
-    let proxy = ready_proxy(&fake).await;
+    let proxy = TestProxy::ready(&fake, |_| {}).await;
     fake.set_idle_close(Some(Duration::from_millis(5)));
     let mut tool = H1Conn::connect(proxy.proxy).await.unwrap();
     for i in 0..10 {

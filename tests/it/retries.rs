@@ -9,7 +9,6 @@ use futures_util::future::join_all;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use serde_json::Value;
-use truedat_auth_proxy::config::Config;
 
 use crate::support::client::{Client, Reply};
 use crate::support::fake_truedat::{DataFault, FakeTruedat, Outage};
@@ -18,12 +17,6 @@ use crate::support::proxy::{BinaryProxy, TestProxy, binary_toml, fake};
 use crate::support::wait::wait_until;
 
 const READY: Duration = Duration::from_secs(10);
-
-async fn ready_proxy(fake: &FakeTruedat, adjust: impl FnOnce(&mut Config)) -> TestProxy {
-    let proxy = TestProxy::start(fake, adjust).await;
-    assert!(proxy.wait_ready(READY).await, "the proxy did not become ready");
-    proxy
-}
 
 fn status(code: u16) -> Outage {
     Outage::Status { status: code, retry_after: None }
@@ -43,7 +36,7 @@ async fn call(proxy: &TestProxy, method: Method, path: &str, body: &[u8]) -> Rep
 #[tokio::test]
 async fn transient_statuses_are_retried_for_idempotent_methods_only() {
     let fake = fake(|_| {}).await;
-    let proxy = ready_proxy(&fake, |_| {}).await;
+    let proxy = TestProxy::ready(&fake, |_| {}).await;
 
     fake.fail_next(2, status(503));
     let reply = proxy.get("/api/get").await;
@@ -73,7 +66,7 @@ async fn transient_statuses_are_retried_for_idempotent_methods_only() {
 #[tokio::test]
 async fn a_status_answered_before_the_body_was_read_is_retried_with_the_whole_body() {
     let fake = fake(|_| {}).await;
-    let proxy = ready_proxy(&fake, |_| {}).await;
+    let proxy = TestProxy::ready(&fake, |_| {}).await;
     fake.fail_next(1, Outage::Early(503));
     let body: Vec<u8> = (0..900 * 1024u32).map(|i| (i % 249) as u8).collect();
     let started = Instant::now();
@@ -91,7 +84,7 @@ async fn a_status_answered_before_the_body_was_read_is_retried_with_the_whole_bo
 #[tokio::test]
 async fn retry_after_is_honoured_within_the_window_and_passed_on_beyond_it() {
     let fake = fake(|_| {}).await;
-    let proxy = ready_proxy(&fake, |_| {}).await;
+    let proxy = TestProxy::ready(&fake, |_| {}).await;
 
     fake.fail_next(1, Outage::Status { status: 503, retry_after: Some("1".into()) });
     let started = Instant::now();
@@ -114,7 +107,7 @@ async fn retry_after_is_honoured_within_the_window_and_passed_on_beyond_it() {
 #[tokio::test]
 async fn a_reset_before_the_headers_is_retried_for_a_get_only() {
     let fake = fake(|_| {}).await;
-    let proxy = ready_proxy(&fake, |_| {}).await;
+    let proxy = TestProxy::ready(&fake, |_| {}).await;
     fake.fail_next(1, Outage::Reset);
     assert_eq!(proxy.get("/api/get").await.status, 200);
     assert_eq!(tries(&fake, "/api/get"), 2);
@@ -133,7 +126,7 @@ async fn a_reset_before_the_headers_is_retried_for_a_get_only() {
 #[tokio::test]
 async fn requests_sent_while_truedat_restarts_go_through_once_it_is_back() {
     let mut fake = fake(|_| {}).await;
-    let proxy = ready_proxy(&fake, |_| {}).await;
+    let proxy = TestProxy::ready(&fake, |_| {}).await;
     assert_eq!(proxy.get("/api/warm").await.status, 200);
     fake.stop_listening().await;
 
@@ -164,7 +157,7 @@ async fn requests_sent_while_truedat_restarts_go_through_once_it_is_back() {
 #[tokio::test]
 async fn the_window_bounds_a_permanent_failure() {
     let fake = fake(|_| {}).await;
-    let proxy = ready_proxy(&fake, |c| c.retry.window = "1s".parse().unwrap()).await;
+    let proxy = TestProxy::ready(&fake, |c| c.retry.window = "1s".parse().unwrap()).await;
     fake.fail_next(1000, status(502));
     let started = Instant::now();
     let reply = proxy.get("/api/down").await;
@@ -181,7 +174,7 @@ async fn the_window_bounds_a_permanent_failure() {
 #[tokio::test]
 async fn a_request_timeout_is_not_retried() {
     let fake = fake(|_| {}).await;
-    let proxy = ready_proxy(&fake, |c| c.upstream.request_timeout = "500ms".parse().unwrap()).await;
+    let proxy = TestProxy::ready(&fake, |c| c.upstream.request_timeout = "500ms".parse().unwrap()).await;
     let reply = proxy.get("/api/slow?ms=2000").await;
     assert_eq!(reply.status, 504);
     assert_eq!(tries(&fake, "/api/slow"), 1);
@@ -194,7 +187,7 @@ async fn a_request_timeout_is_not_retried() {
 #[tokio::test]
 async fn the_budget_bounds_the_tries_of_many_clients() {
     let fake = fake(|_| {}).await;
-    let proxy = ready_proxy(&fake, |c| c.retry.budget_min_per_second = 1).await;
+    let proxy = TestProxy::ready(&fake, |c| c.retry.budget_min_per_second = 1).await;
     fake.fail_next(100_000, status(503));
     let urls: Vec<String> = (0..40).map(|i| proxy.url(&format!("/api/outage?i={i}"))).collect();
     let replies = join_all(urls.iter().map(|url| proxy.client.get(url))).await;
@@ -212,7 +205,7 @@ async fn the_budget_bounds_the_tries_of_many_clients() {
 async fn body_idle_timeout_governs_pauses_inside_a_body() {
     for (idle, passes) in [("60s", true), ("1s", false)] {
         let fake = fake(|_| {}).await;
-        let proxy = ready_proxy(&fake, |c| {
+        let proxy = TestProxy::ready(&fake, |c| {
             c.upstream.request_timeout = "1s".parse().unwrap();
             c.upstream.body_idle_timeout = idle.parse().unwrap();
         })

@@ -74,6 +74,14 @@ pub struct TestProxy {
 }
 
 impl TestProxy {
+    /// Starts a proxy in front of `fake` (see [`start`](Self::start)) and
+    /// waits until it holds a token.
+    pub async fn ready(fake: &FakeTruedat, adjust: impl FnOnce(&mut Config)) -> TestProxy {
+        let proxy = TestProxy::start(fake, adjust).await;
+        assert!(proxy.wait_ready(Duration::from_secs(10)).await, "the proxy did not become ready");
+        proxy
+    }
+
     /// Starts a proxy in front of `fake`, after `adjust` changed the test configuration.
     pub async fn start(fake: &FakeTruedat, adjust: impl FnOnce(&mut Config)) -> TestProxy {
         let mut config = test_config(&fake.url());
