@@ -37,6 +37,7 @@ pub enum Cause {
     ResetByTruedat,
     TruedatDown,
     IngressToPost,
+    WindowSpent,
     RevokedBigPost,
     RevokedAfterReplay,
     OtherTruedatAnswer,
@@ -52,10 +53,11 @@ pub enum Cause {
 }
 
 impl Cause {
-    const ALL: [Cause; 15] = [
+    const ALL: [Cause; 16] = [
         Cause::ResetByTruedat,
         Cause::TruedatDown,
         Cause::IngressToPost,
+        Cause::WindowSpent,
         Cause::RevokedBigPost,
         Cause::RevokedAfterReplay,
         Cause::OtherTruedatAnswer,
@@ -79,6 +81,7 @@ impl Cause {
             Cause::ResetByTruedat => "502: Truedat reset that POST's connection",
             Cause::TruedatDown => "Truedat down (restart) while a POST was in flight",
             Cause::IngressToPost => "ingress 502/503/504 to a POST (never sent twice)",
+            Cause::WindowSpent => "a GET still failing when retry.window ran out",
             Cause::RevokedBigPost => "401 to a POST > replay limit, revoked in flight",
             Cause::RevokedAfterReplay => "401 after a replay, revoked in flight",
             Cause::OtherTruedatAnswer => "other non-2xx answered by Truedat",
@@ -100,7 +103,10 @@ impl Cause {
     fn of(failure: &Failure, record: &Record) -> Cause {
         match Cause::seen(failure, record) {
             Cause::ResetByTruedat | Cause::TruedatDown | Cause::IngressToPost if failure.kind.is_idempotent() => {
-                Cause::IdempotentNotRetried
+                // The proxy stops when the next try could not begin within
+                // the window: at most `retry.backoff_max` before its end.
+                let spent = failure.ended.duration_since(failure.started) >= RETRY_WINDOW - RETRY_BACKOFF_MAX;
+                if spent { Cause::WindowSpent } else { Cause::IdempotentNotRetried }
             }
             cause => cause,
         }
@@ -131,6 +137,10 @@ impl Cause {
         }
     }
 }
+
+/// `retry.window` and `retry.backoff_max` as the soak's proxy runs them (the defaults).
+const RETRY_WINDOW: Duration = Duration::from_secs(10);
+const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// The proxy's footprint at one moment.
 #[derive(Clone, Copy, Debug)]
