@@ -14,6 +14,7 @@
 //! - `body`, `query`: response shapes, streaming bodies, query parameters
 //! - `client_certs`: the serial of the client certificate each TLS connection presented
 //! - `outage`: the next N data requests fail as during an outage ([`Outage`])
+//! - `early`: answers before a large body is read, as an ingress's body limit gives them ([`EarlyAnswer`])
 //! - `faults`, `conn`, `idle_close`: data-route faults ([`DataFault`]), connections ended
 //!   from a handler (reset or quiet close), keep-alive connections closed after each response
 //! - `fleet`, `restart`: what many sidecars cost td-auth ([`PasswordCheck`], audit events,
@@ -24,6 +25,7 @@ mod body;
 mod client_certs;
 mod conn;
 mod data;
+mod early;
 mod faults;
 mod fleet;
 mod idle_close;
@@ -49,6 +51,8 @@ use tokio_util::sync::CancellationToken;
 // Not every test binary uses every helper.
 #[allow(unused_imports)]
 pub use client_certs::serial_of;
+#[allow(unused_imports)]
+pub use early::{AfterEarly, EarlyAnswer};
 #[allow(unused_imports)]
 pub use faults::{DataFault, STALL_BODY_LEN, STALL_SENT_LEN};
 #[allow(unused_imports)]
@@ -246,6 +250,13 @@ impl FakeTruedat {
     /// `GET /api/sessions` received (the proxy's check of a token after a 401).
     pub fn session_checks(&self) -> usize {
         self.state.session_checks()
+    }
+
+    /// `Some(status)`: `GET /api/sessions` is answered `status` by the
+    /// ingress (td-auth's pods gone behind it) while every other route works;
+    /// `None` (the default): td-auth answers it.
+    pub fn set_session_check_failure(&self, status: Option<u16>) {
+        self.state.set_session_check_failure(status);
     }
 
     /// Access sessions still alive in the allowlist (td-auth's Redis).

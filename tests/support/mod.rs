@@ -7,6 +7,7 @@
 //! - [`client`]: a keep-alive HTTP/1.1 client that reads whole answers
 //! - [`wait`]: polling for a condition with a deadline
 //! - [`h1`]: one hand-driven HTTP/1.1 connection, for what a pooled client hides
+//! - [`hops`]: the two paths to Truedat (HTTP/1.1 link, TLS with the HTTP/2 pool), for tests of both
 //! - [`process`]: resident memory and open descriptors of a process, from `/proc`
 //! - [`raw`]: raw HTTP/1.1 over TCP, for requests a client library would not send
 //! - [`tap`]: a recording TCP relay between the proxy and the fake
@@ -22,6 +23,7 @@ pub mod client;
 pub mod connect_proxy;
 pub mod fake_truedat;
 pub mod h1;
+pub mod hops;
 pub mod jwt;
 pub mod pki;
 pub mod process;

@@ -177,3 +177,67 @@ fn response_end(bytes: &[u8]) -> Option<usize> {
     let length: usize = field("content-length").and_then(|v| v.parse().ok())?;
     (bytes.len() >= head_len + length).then_some(head_len + length)
 }
+
+/// What a send-then-read client (Python's `requests`, `http.client`, Java's
+/// `HttpURLConnection`) experienced: it writes the whole request, and only
+/// then reads.
+#[derive(Debug)]
+pub struct SendThenRead {
+    /// How many body bytes it managed to write before a write failed (all of
+    /// them when `write_error` is `None`).
+    pub body_written: usize,
+    /// Why writing failed (a reset, a broken pipe, a write timeout).
+    pub write_error: Option<String>,
+    /// What it read afterwards; `None` when reading failed before anything arrived.
+    pub response: RawResponse,
+    /// Whether the connection was closed (within 5 s) after the response.
+    pub closed_after: bool,
+}
+
+/// Sends `head` (ending with its blank line), then `body_len` bytes of body,
+/// and only then reads one response, on a blocking socket as the tools
+/// above do: nothing is read before the last byte was written. Each write
+/// and read gives up after `patience`, so a proxy that stops reading the
+/// body fails the test instead of hanging it.
+pub async fn send_then_read(addr: SocketAddr, head: Vec<u8>, body_len: usize, patience: Duration) -> SendThenRead {
+    tokio::task::spawn_blocking(move || send_then_read_blocking(addr, &head, body_len, patience))
+        .await
+        .expect("the send-then-read client does not panic")
+}
+
+fn send_then_read_blocking(addr: SocketAddr, head: &[u8], body_len: usize, patience: Duration) -> SendThenRead {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    stream.set_write_timeout(Some(patience)).expect("a non-zero timeout");
+    stream.set_read_timeout(Some(patience)).expect("a non-zero timeout");
+    let mut body_written = 0;
+    let mut write_error = stream.write_all(head).err().map(|e| format!("writing the head: {e}"));
+    let chunk = vec![b'x'; 64 * 1024];
+    while write_error.is_none() && body_written < body_len {
+        let n = chunk.len().min(body_len - body_written);
+        match stream.write_all(&chunk[..n]) {
+            Ok(()) => body_written += n,
+            Err(e) => write_error = Some(format!("after {body_written} body bytes: {e}")),
+        }
+    }
+    let mut bytes = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut closed = false;
+    while response_end(&bytes).is_none() {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => {
+                closed = true;
+                break;
+            }
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+        }
+    }
+    let complete = response_end(&bytes).is_some();
+    let _ = stream.set_read_timeout(Some(READ_PATIENCE));
+    let closed_after = closed
+        || match stream.read(&mut buf) {
+            Ok(n) => n == 0,
+            Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+        };
+    SendThenRead { body_written, write_error, response: RawResponse { bytes, complete, closed }, closed_after }
+}

@@ -151,6 +151,9 @@ pub(super) fn refresh(state: &State, headers: &HeaderMap) -> Reply {
 /// `GET /api/sessions`: 200 with an empty body while the bearer's session lives.
 pub(super) fn check(state: &State, headers: &HeaderMap) -> Reply {
     state.count_session_check();
+    if let Some(status) = state.session_check_failure() {
+        return super::outage::ingress_page(status, None);
+    }
     match live_bearer(state, headers, now_secs()) {
         Some(_) => body::empty(StatusCode::OK),
         None => body::auth_error("unauthorized"),

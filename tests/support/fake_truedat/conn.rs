@@ -57,6 +57,17 @@ impl ConnHandle {
         self.inner.end.cancel();
     }
 
+    /// Writes `bytes` straight onto the socket, under any TLS layer: a TLS
+    /// record that does not decrypt, as a broken middlebox sends one. The
+    /// connection then stays open, unanswered, until it ends.
+    pub(super) fn inject_raw(&self, bytes: &[u8]) {
+        use std::io::Write;
+        if let Some(twin) = lock(&self.inner.twin).as_mut() {
+            // The socket is non-blocking; a few dozen bytes fit its buffer.
+            let _ = twin.write_all(bytes);
+        }
+    }
+
     /// Ends the connection with a plain close (FIN; a reset if the peer's
     /// next request is already waiting unread, as with any server).
     pub(super) fn close(&self) {

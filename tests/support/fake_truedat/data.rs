@@ -33,6 +33,13 @@ const HOP_HEADERS: &[(&str, &str)] =
 /// then a [`DataFault`](super::DataFault), if one is set, has its way.
 pub(super) async fn handle(state: &State, request: Request<Incoming>) -> Reply {
     let (parts, body) = request.into_parts();
+    let body = match state.early.answer(&parts, body) {
+        Ok(reply) => {
+            state.record_data(RecordedRequest::new(&parts, bytes::Bytes::new()));
+            return reply;
+        }
+        Err(body) => body,
+    };
     if let Some(reply) = state.outages.early() {
         state.record_data(RecordedRequest::new(&parts, bytes::Bytes::new()));
         return reply;

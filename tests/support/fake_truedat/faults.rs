@@ -47,7 +47,24 @@ pub enum DataFault {
     /// Read the request, then answer nothing until the fault changes (the
     /// parked requests then get their normal answer).
     AcceptButNeverAnswer,
+    /// Read the request whole, then send a TLS record that does not decrypt
+    /// (written under the TLS layer) and answer nothing: what a client sees
+    /// when a broken middlebox or a fatal alert ends a connection after the
+    /// server acted on the request. Only meaningful over TLS.
+    CorruptTls,
 }
+
+/// A TLS 1.2/1.3 application-data record whose 32 bytes of payload decrypt
+/// under no key.
+const BOGUS_TLS_RECORD: [u8; 37] = {
+    let mut record = [0xA5u8; 37];
+    record[0] = 0x17;
+    record[1] = 0x03;
+    record[2] = 0x03;
+    record[3] = 0x00;
+    record[4] = 32;
+    record
+};
 
 /// Body length announced under [`DataFault::StallMidBody`].
 pub const STALL_BODY_LEN: u64 = 1 << 20;
@@ -142,6 +159,14 @@ impl Faults {
             DataFault::AcceptButNeverAnswer => {
                 self.left(DataFault::AcceptButNeverAnswer).await;
                 Verdict::Proceed
+            }
+            DataFault::CorruptTls => {
+                if let Some(conn) = conn {
+                    conn.inject_raw(&BOGUS_TLS_RECORD);
+                }
+                // Dropped with the connection the client then closes (over
+                // HTTP/2, the stream task waits here until the fake stops).
+                std::future::pending().await
             }
         }
     }

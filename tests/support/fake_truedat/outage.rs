@@ -77,7 +77,7 @@ impl Outages {
 }
 
 /// The page ingress-nginx serves for `status`, as it writes it.
-fn ingress_page(status: u16, retry_after: Option<&str>) -> Reply {
+pub(super) fn ingress_page(status: u16, retry_after: Option<&str>) -> Reply {
     let status = StatusCode::from_u16(status).expect("a valid status");
     let reason = match status.as_u16() {
         502 => "502 Bad Gateway",

@@ -4,12 +4,13 @@
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use super::client_certs::ClientCerts;
+use super::early::EarlyAnswers;
 use super::faults::Faults;
 use super::fleet::Fleet;
 use super::outage::Outages;
@@ -30,6 +31,8 @@ pub(super) struct State {
     /// The client certificate of every TLS connection.
     pub(super) client_certs: ClientCerts,
     pub(super) outages: Outages,
+    /// Answers given before a large body is read.
+    pub(super) early: EarlyAnswers,
     pub(super) connections: Connections,
     /// The password-check cost model and the fleet-scale counters.
     pub(super) fleet: Fleet,
@@ -43,6 +46,8 @@ pub(super) struct State {
     refreshes: AtomicUsize,
     logouts: AtomicUsize,
     session_checks: AtomicUsize,
+    /// Non-zero: `GET /api/sessions` is answered this status by the ingress.
+    session_check_failure: AtomicU16,
     login_requests: Mutex<Vec<RecordedRequest>>,
     data_requests: Mutex<Vec<RecordedRequest>>,
 }
@@ -62,6 +67,7 @@ impl State {
             faults: Faults::new(),
             client_certs: ClientCerts::default(),
             outages: Outages::default(),
+            early: EarlyAnswers::default(),
             connections: Connections::default(),
             fleet: Fleet::default(),
             settings: Mutex::new(Settings { password: config.password, token_ttl: config.token_ttl }),
@@ -71,6 +77,7 @@ impl State {
             refreshes: AtomicUsize::new(0),
             logouts: AtomicUsize::new(0),
             session_checks: AtomicUsize::new(0),
+            session_check_failure: AtomicU16::new(0),
             login_requests: Mutex::default(),
             data_requests: Mutex::default(),
         }
@@ -126,6 +133,14 @@ impl State {
 
     pub(super) fn count_session_check(&self) {
         self.session_checks.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(super) fn set_session_check_failure(&self, status: Option<u16>) {
+        self.session_check_failure.store(status.unwrap_or(0), Ordering::SeqCst);
+    }
+
+    pub(super) fn session_check_failure(&self) -> Option<u16> {
+        Some(self.session_check_failure.load(Ordering::SeqCst)).filter(|s| *s != 0)
     }
 
     pub(super) fn session_checks(&self) -> usize {
