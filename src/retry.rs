@@ -145,11 +145,13 @@ impl RetryPolicy {
     /// The rules of SPEC §4 and the window; the pause before the next try.
     fn plan(&self, attempt: &Try<'_>, jitter: f64) -> Option<(Duration, Reason)> {
         let reason = self.eligible(attempt)?;
+        let backoff = self.backoff(attempt.retries, jitter);
+        // `Retry-After` can lengthen a wait, never shorten it: a storm of
+        // `Retry-After: 0` must not turn the retries into a busy loop.
         let after = match attempt.failure {
-            Failure::Status(_, headers) => retry_after(headers, SystemTime::now()),
-            _ => None,
-        }
-        .unwrap_or_else(|| self.backoff(attempt.retries, jitter));
+            Failure::Status(_, headers) => retry_after(headers, SystemTime::now()).map_or(backoff, |r| r.max(backoff)),
+            _ => backoff,
+        };
         // The next try must begin within the window; a Retry-After beyond it
         // means the response goes to the client at once.
         (attempt.elapsed.saturating_add(after) < self.window).then_some((after, reason))
@@ -279,6 +281,24 @@ mod tests {
         assert_eq!(decision, Decision::GiveUp, "Retry-After: 120 is past the 10 s window");
         let decision = policy.decide(&attempt(&Method::GET, true, Failure::Status(s503, &soon), 9_500), 0.0);
         assert_eq!(decision, Decision::GiveUp, "the next try could not begin within the window");
+    }
+
+    #[test]
+    fn retry_after_never_shortens_the_backoff() {
+        let policy = policy(10);
+        let s503 = StatusCode::SERVICE_UNAVAILABLE;
+        for value in ["0", "Wed, 21 Oct 2015 07:28:00 GMT"] {
+            let now = headers(Some(value));
+            for retries in 0..4 {
+                let attempt = Try { retries, ..attempt(&Method::GET, true, Failure::Status(s503, &now), 0) };
+                let expected = policy.backoff(retries, 0.5);
+                assert_eq!(
+                    policy.decide(&attempt, 0.5),
+                    Decision::Retry { after: expected, reason: Reason::Status },
+                    "Retry-After: {value}, retry {retries}"
+                );
+            }
+        }
     }
 
     #[test]
