@@ -213,10 +213,8 @@ impl App {
             return;
         }
         let now = Instant::now();
-        let current = self.auth.cell().snapshot();
-        let revoked = |t: &Token| current.as_ref().is_some_and(|c| c.generation == t.generation && c.is_revoked());
         let mut logouts = JoinSet::new();
-        for token in issued.into_iter().filter(|t| t.is_usable(now) && !revoked(t)) {
+        for token in issued.into_iter().filter(|t| t.is_usable(now) && !self.auth.is_proven_dead(t.generation)) {
             let sessions = self.sessions.clone();
             logouts.spawn(async move { (token.generation, sessions.logout(token.bearer()).await) });
         }

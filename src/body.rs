@@ -32,6 +32,15 @@ impl TruedatBody {
             body.drive(cx);
         }
     }
+
+    /// Truedat answered before the request body was sent in full: its
+    /// connection must not serve another request (SPEC §4, Early answers).
+    /// A pooled HTTP/2 stream needs nothing: Truedat resets it.
+    pub fn forbid_reuse(&mut self) {
+        if let TruedatBody::Linked(body) = self {
+            body.forbid_reuse();
+        }
+    }
 }
 
 impl Body for TruedatBody {

@@ -42,16 +42,31 @@ pub enum ProxyError {
     NoToken(&'static str),
     #[error("Truedat did not answer within upstream.request_timeout")]
     Timeout,
-    #[error("{}", upstream_detail(*.0))]
-    Upstream(FailureKind),
+    /// Connecting failed (TCP, TLS handshake, egress proxy, connect
+    /// timeout): nothing of the request reached Truedat.
+    #[error("{}", unreachable_detail(*.0))]
+    Unreachable(FailureKind),
+    /// An established connection failed, or the answer was malformed:
+    /// Truedat may have received the request, and acted on it.
+    #[error("{}", broken_detail(*.0))]
+    Broken(FailureKind),
+    /// Truedat answered something the proxy cannot pass on; not retried.
+    #[error("{0}")]
+    Malformed(&'static str),
 }
 
-fn upstream_detail(kind: FailureKind) -> &'static str {
+fn unreachable_detail(kind: FailureKind) -> &'static str {
     match kind {
-        FailureKind::Connect => "Truedat unreachable: the connection failed",
         FailureKind::Tls => "Truedat unreachable: the TLS handshake failed",
         FailureKind::Timeout => "Truedat unreachable: connecting timed out",
-        FailureKind::Protocol => "bad answer from Truedat: the connection broke or the response was malformed",
+        FailureKind::Connect | FailureKind::Protocol => "Truedat unreachable: the connection failed",
+    }
+}
+
+fn broken_detail(kind: FailureKind) -> &'static str {
+    match kind {
+        FailureKind::Tls => "the connection to Truedat broke: a TLS error on an established connection",
+        _ => "bad answer from Truedat: the connection broke or the response was malformed",
     }
 }
 
@@ -67,7 +82,7 @@ impl ProxyError {
             ProxyError::ClientClosed => CLIENT_CLOSED,
             ProxyError::NoToken(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::Unreachable(_) | ProxyError::Broken(_) | ProxyError::Malformed(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -108,7 +123,8 @@ mod tests {
 
     #[test]
     fn statuses_follow_the_spec() {
-        assert_eq!(ProxyError::Upstream(FailureKind::Tls).status(), 502);
+        assert_eq!(ProxyError::Unreachable(FailureKind::Tls).status(), 502);
+        assert_eq!(ProxyError::Broken(FailureKind::Tls).status(), 502);
         assert_eq!(ProxyError::Timeout.status(), 504);
         assert_eq!(ProxyError::HeadTooLarge.status(), 431);
         assert_eq!(ProxyError::MethodNotAllowed("x").status(), 405);

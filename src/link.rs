@@ -32,10 +32,11 @@ use hyper::client::conn::http1;
 use hyper_util::client::legacy::connect::Connection as _;
 use tower_service::Service;
 
+use crate::reads_on::ReadsOn;
 use crate::replay::UpstreamBody;
 use crate::upstream::{Connector, Stream};
 
-type Connection = http1::Connection<Stream, UpstreamBody>;
+type Connection = http1::Connection<ReadsOn<Stream>, UpstreamBody>;
 
 /// hyper's read buffer towards Truedat: a response head and a body chunk.
 const READ_BUFFER: usize = 64 * 1024;
@@ -122,7 +123,7 @@ impl Link {
             }
         };
         let home = connection.map(|connection| Home { sender, connection, slot: self.idle.clone() });
-        Ok(response.map(|body| LinkBody { body, home }))
+        Ok(response.map(|body| LinkBody { body, home, reusable: true }))
     }
 
     /// The idle connection, if it is fresh and still open.
@@ -150,7 +151,7 @@ impl Link {
         }
         let (sender, connection) = http1::Builder::new()
             .max_buf_size(READ_BUFFER)
-            .handshake(stream)
+            .handshake(ReadsOn::new(stream))
             .await
             .map_err(|e| DialError::Failed(LinkError::Exchange(e)))?;
         Ok((sender, Box::pin(connection)))
@@ -207,6 +208,10 @@ pub struct LinkBody {
     body: Incoming,
     /// `None` once handed back, or once the connection ended.
     home: Option<Home>,
+    /// Cleared when Truedat answered before the request body was sent in
+    /// full: the connection still holds that body, so it is closed at the
+    /// end of this response instead of serving the next request.
+    reusable: bool,
 }
 
 impl LinkBody {
@@ -221,8 +226,20 @@ impl LinkBody {
         }
     }
 
+    /// Truedat answered early (SPEC §4, Early answers): close the
+    /// connection when this body ends instead of reusing it.
+    pub fn forbid_reuse(&mut self) {
+        self.reusable = false;
+    }
+
     fn go_home(&mut self) {
-        if let Some(home) = self.home.take() {
+        let home = self.home.take();
+        if !self.reusable {
+            // Dropping the connection drops the rest of the request body
+            // with it, which then lingers (see `client_body`).
+            return;
+        }
+        if let Some(home) = home {
             let idle = Idle { sender: home.sender, connection: home.connection, since: Instant::now() };
             *home.slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(idle);
         }

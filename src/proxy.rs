@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use http::header::{CONTENT_LENGTH, ORIGIN, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, ORIGIN, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -19,8 +19,10 @@ use tokio::sync::oneshot;
 
 use crate::access::Exchange;
 use crate::auth::liveness::Liveness;
+use crate::auth::liveness::Session;
 use crate::auth::{Auth, Credential};
 use crate::body::{ProxyBody, Streamed, TruedatBody};
+use crate::client_body::ClientBody;
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::headers::{self, REQUEST_ID};
@@ -72,12 +74,13 @@ struct Sent {
     result: Result<Response<TruedatBody>, ProxyError>,
     /// Where the last try's body comes back (`None`: no body), for a replay.
     kept: Option<oneshot::Receiver<Kept>>,
+    /// The token the last try carried: a 401 is about this one.
+    credential: Credential,
 }
 
 /// What is sent with every try of one request.
 struct Outgoing<'a> {
     parts: &'a Parts,
-    credential: &'a Credential,
     declared_len: Option<u64>,
     arrived: Instant,
     /// The client connection's own connection to Truedat.
@@ -133,52 +136,76 @@ impl Proxy {
         let request_id = request_id(request.headers());
         let mut exchange =
             Exchange::start(MethodLabel::of(request.method()), request.uri().clone(), request_id.clone());
-        let mut response = match self.forward(request, &request_id, arrived, &link, &mut exchange).await {
+        let (parts, body) = request.into_parts();
+        // From here on, a body dropped before its end is drained, not cut.
+        let (body, body_end) = match body.is_end_stream() {
+            true => (None, None),
+            false => {
+                let (body, end) = ClientBody::new(body, expects_continue(&parts.headers));
+                (Some(body), Some(end))
+            }
+        };
+        let forwarded = self.forward(parts, body, &request_id, arrived, &link, &mut exchange).await;
+        let early = body_end.as_ref().is_some_and(|end| !end.reached());
+        let mut response = match forwarded {
             Ok(mut response) => {
                 exchange.upstream_status = Some(response.status());
                 headers::to_client(response.headers_mut());
+                if early {
+                    response.body_mut().forbid_reuse();
+                }
                 response.map(|body| Either::Left(Streamed::new(body, self.body_idle_timeout, in_flight)))
             }
             Err(error) => error.into_response(),
         };
         response.headers_mut().insert(REQUEST_ID.clone(), request_id);
+        if early {
+            // The rest of the body is being discarded (SPEC §4, Early
+            // answers); the connection closes once that is done.
+            response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        }
         exchange.finish(response.status());
         Ok(response)
     }
 
     async fn forward(
         &self,
-        request: Request<Incoming>,
+        mut parts: Parts,
+        body: Option<ClientBody>,
         request_id: &HeaderValue,
         arrived: Instant,
         link: &Link,
         exchange: &mut Exchange,
     ) -> Result<Response<TruedatBody>, ProxyError> {
-        self.policy.check(&request)?;
+        self.policy.check(&parts)?;
         self.retry.deposit();
         let credential = self.auth.credential().await.ok_or_else(|| self.no_token())?;
-        let (mut parts, body) = request.into_parts();
         let target = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         parts.uri =
             self.origin.join(&target).map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded"))?;
+        // Hop-by-hop fields go before the request id is set: a client that
+        // names `X-Request-Id` in `Connection` made its own one hop-by-hop.
+        headers::strip_hop_by_hop(&mut parts.headers);
         parts.headers.insert(REQUEST_ID.clone(), request_id.clone());
         let declared_len = content_length(&parts.headers);
-        let outgoing = Outgoing { parts: &parts, credential: &credential, declared_len, arrived, link };
-        let body = (!body.is_end_stream()).then(|| Resend::new(body));
-        let Sent { result, kept } = self.send_with_retries(&outgoing, body, exchange).await;
-        let response = result?;
+        let outgoing = Outgoing { parts: &parts, declared_len, arrived, link };
+        let body = body.map(Resend::new);
+        let sent = self.send_with_retries(&outgoing, credential, body, exchange).await;
+        let response = sent.result?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
         exchange.upstream_status = Some(response.status());
-        self.after_unauthorized(response, &outgoing, kept, exchange).await
+        self.after_unauthorized(response, &outgoing, &sent.credential, sent.kept, exchange).await
     }
 
     /// Sends the request, and again while a try fails in a way SPEC §4
-    /// calls transient and the retry policy allows it.
+    /// calls transient and the retry policy allows it. Each try carries the
+    /// token current when it is sent, never one past its send deadline.
     async fn send_with_retries(
         &self,
         outgoing: &Outgoing<'_>,
+        mut credential: Credential,
         mut body: Option<Resend>,
         exchange: &mut Exchange,
     ) -> Sent {
@@ -192,13 +219,13 @@ impl Proxy {
                 }
             };
             exchange.attempts += 1;
-            let mut result = self.send(clone_parts(outgoing.parts), upstream_body, outgoing).await;
+            let mut result = self.send(clone_parts(outgoing.parts), upstream_body, &credential, outgoing).await;
             let head = match &result {
                 Ok(response) if self.retry.is_transient(response.status()) => Some(response.headers().clone()),
                 _ => None,
             };
             let Some(failure) = transient(&result, head.as_ref()) else {
-                return Sent { result, kept };
+                return Sent { result, kept, credential };
             };
             let mut attempt = Try {
                 method: &outgoing.parts.method,
@@ -208,7 +235,7 @@ impl Proxy {
                 retries,
             };
             if !self.retry.could_retry(&attempt) {
-                return Sent { result, kept };
+                return Sent { result, kept, credential };
             }
             let next = match kept {
                 None => Some(None),
@@ -216,7 +243,7 @@ impl Proxy {
             };
             attempt.resendable = next.is_some();
             let Decision::Retry { after, reason } = self.retry.decide(&attempt, rand::random()) else {
-                return Sent { result, kept: None };
+                return Sent { result, kept: None, credential };
             };
             tracing::debug!(
                 reason = reason.label(),
@@ -228,6 +255,10 @@ impl Proxy {
             // connection instead of pooling one in the middle of a body.
             drop(result);
             tokio::time::sleep(after).await;
+            credential = match self.auth.credential().await {
+                Some(current) => current,
+                None => return Sent { result: Err(self.no_token()), kept: None, credential },
+            };
             body = next.flatten();
             retries += 1;
         }
@@ -258,20 +289,25 @@ impl Proxy {
         }
     }
 
-    /// Truedat said 401. If the token is dead (SPEC §3.4), log in again
-    /// (once, however many requests saw it) and replay this request if its
-    /// body was kept; if it lives, the 401 was about something else and goes
-    /// to the client as it is.
+    /// Truedat said 401 to `credential`. If the token is dead (SPEC §3.4),
+    /// log in again (once, however many requests saw it) and replay this
+    /// request if its body was kept; if it lives, the 401 was about
+    /// something else and goes to the client as it is.
     async fn after_unauthorized(
         &self,
         mut response: Response<TruedatBody>,
         outgoing: &Outgoing<'_>,
+        credential: &Credential,
         kept: Option<oneshot::Receiver<Kept>>,
         exchange: &mut Exchange,
     ) -> Result<Response<TruedatBody>, ProxyError> {
-        let generation = outgoing.credential.generation;
-        if !self.auth.known_dead(generation) && self.liveness.is_alive(outgoing.credential).await {
-            return Ok(response);
+        let generation = credential.generation;
+        if !self.auth.known_dead(generation) {
+            match self.liveness.check(credential).await {
+                Session::Alive => return Ok(response),
+                Session::Dead => self.auth.prove_dead(generation),
+                Session::Unknown => {}
+            }
         }
         let body = match kept {
             None => Some(None),
@@ -283,11 +319,10 @@ impl Proxy {
             // still happens, for the next requests.
             return Ok(response);
         };
-        let credential = self.auth.successor(generation).await.ok_or_else(|| self.no_token())?;
+        let successor = self.auth.successor(generation).await.ok_or_else(|| self.no_token())?;
         drop(response);
         exchange.replayed = true;
-        let replay = Outgoing { credential: &credential, ..*outgoing };
-        let replayed = self.send_with_retries(&replay, body, exchange).await.result;
+        let replayed = self.send_with_retries(outgoing, successor, body, exchange).await.result;
         telemetry::record_replay(replayed.as_ref().is_ok_and(|r| r.status() != StatusCode::UNAUTHORIZED));
         replayed
     }
@@ -297,9 +332,10 @@ impl Proxy {
         &self,
         mut parts: Parts,
         body: UpstreamBody,
+        credential: &Credential,
         outgoing: &Outgoing<'_>,
     ) -> Result<Response<TruedatBody>, ProxyError> {
-        headers::to_upstream(&mut parts.headers, outgoing.credential.bearer.clone());
+        headers::to_upstream(&mut parts.headers, credential.bearer.clone());
         if !body.is_end_stream() && body.size_hint().exact().is_none() {
             // A body of unknown length (the client sent it chunked): hyper's
             // client would frame it as empty on a GET or HEAD unless told.
@@ -307,6 +343,15 @@ impl Proxy {
         }
         let request = Request::from_parts(parts, body);
         match tokio::time::timeout(self.request_timeout, self.exchange(request, outgoing.link)).await {
+            Ok(Ok(response)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                // The proxy never forwards `Upgrade`, so nothing asked for a
+                // switch; the connection is not reused (hyper ends it).
+                telemetry::record_upstream_error(FailureKind::Protocol.label());
+                tracing::warn!("Truedat answered 101 Switching Protocols to a request that asked for no upgrade");
+                Err(ProxyError::Malformed(
+                    "bad answer from Truedat: 101 Switching Protocols, but no upgrade was asked for",
+                ))
+            }
             Ok(Ok(response)) => Ok(response),
             Ok(Err(failure)) => Err(self.failed(failure)),
             Err(_) => {
@@ -351,7 +396,10 @@ impl Proxy {
         }
         telemetry::record_upstream_error(kind.label());
         tracing::warn!(kind = kind.label(), error = %upstream::root_cause(error), "request to Truedat failed");
-        ProxyError::Upstream(kind)
+        match failure {
+            Sending::Connect(_) => ProxyError::Unreachable(kind),
+            Sending::Exchange(_) => ProxyError::Broken(kind),
+        }
     }
 
     /// Requests being answered right now, response bodies still streaming included.
@@ -366,23 +414,23 @@ impl Proxy {
 
 impl Policy {
     /// SPEC §4–§5: what is refused before anything is sent.
-    fn check(&self, request: &Request<Incoming>) -> Result<(), ProxyError> {
-        let path = self.paths.check(request.uri().path());
+    fn check(&self, request: &Parts) -> Result<(), ProxyError> {
+        let path = self.paths.check(request.uri.path());
         if path == Err(Refusal::Ambiguous) {
             return Err(ProxyError::BadRequest(
                 "ambiguous path: dot segments and encoded slashes or backslashes are read differently by \
                  Truedat's router and its ingress, so they are not forwarded",
             ));
         }
-        check_method(request.method())?;
-        if !self.methods.is_empty() && !self.methods.contains(request.method()) {
+        check_method(&request.method)?;
+        if !self.methods.is_empty() && !self.methods.contains(&request.method) {
             return Err(ProxyError::MethodNotAllowed("method not allowed by proxy.allow_methods"));
         }
         if head_size(request) > self.max_head {
             return Err(ProxyError::HeadTooLarge);
         }
-        check_transfer_coding(request.headers())?;
-        if !self.allow_browsers && is_from_browser(request.headers()) {
+        check_transfer_coding(&request.headers)?;
+        if !self.allow_browsers && is_from_browser(&request.headers) {
             return Err(ProxyError::Forbidden(
                 "requests from web browsers are refused (proxy.allow_browsers): a web page must not act as the \
                  service user",
@@ -451,22 +499,22 @@ fn transient<'a>(
     match result {
         Ok(response) => head.map(|headers| Failure::Status(response.status(), headers)),
         // Raised by the connector: nothing of the request reached Truedat.
-        Err(ProxyError::Upstream(FailureKind::Connect | FailureKind::Tls | FailureKind::Timeout)) => {
-            Some(Failure::Connect)
-        }
-        Err(ProxyError::Upstream(FailureKind::Protocol)) => Some(Failure::Reset),
+        Err(ProxyError::Unreachable(_)) => Some(Failure::Connect),
+        // On an established connection, TLS errors included: Truedat may
+        // have read the whole request already.
+        Err(ProxyError::Broken(_)) => Some(Failure::Reset),
         Err(ProxyError::Timeout) => Some(Failure::Timeout),
         Err(_) => None,
     }
 }
 
 /// The size of the request head as received (request line and fields).
-fn head_size<B>(request: &Request<B>) -> u64 {
-    let uri = request.uri();
+fn head_size(request: &Parts) -> u64 {
+    let uri = &request.uri;
     let target = uri.path_and_query().map_or(1, |p| p.as_str().len())
         + uri.authority().map_or(0, |a| a.as_str().len() + uri.scheme_str().map_or(0, str::len) + 3);
-    let line = request.method().as_str().len() + target + 12;
-    let fields: usize = request.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    let line = request.method.as_str().len() + target + 12;
+    let fields: usize = request.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
     (line + fields) as u64
 }
 
@@ -474,9 +522,16 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }
 
-/// The client's `X-Request-Id`, or a new one.
+/// Whether the client waits for `100 Continue` before it sends its body.
+fn expects_continue(headers: &HeaderMap) -> bool {
+    headers.get(EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// The client's `X-Request-Id`, or a new one: also when the client named it
+/// in `Connection`, which makes it hop-by-hop (SPEC §4).
 fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(id) = headers.get(&REQUEST_ID).filter(|v| !v.is_empty() && v.len() <= 200) {
+    let id = headers.get(&REQUEST_ID).filter(|v| !v.is_empty() && v.len() <= 200);
+    if let Some(id) = id.filter(|_| !headers::names_in_connection(headers).any(|name| name == REQUEST_ID)) {
         return id.clone();
     }
     let id = format!("{:032x}", rand::random::<u128>());
@@ -504,5 +559,9 @@ mod tests {
         assert_ne!(generated, request_id(&h));
         h.insert(&REQUEST_ID, HeaderValue::from_static("abc-123"));
         assert_eq!(request_id(&h), "abc-123");
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, X-Request-Id"));
+        let generated = request_id(&h);
+        assert_ne!(generated, "abc-123", "named in Connection, it is hop-by-hop: absent");
+        assert_eq!(generated.len(), 32);
     }
 }

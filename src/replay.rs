@@ -18,8 +18,9 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::sync::oneshot;
+
+use crate::client_body::ClientBody;
 
 /// Any body the proxy sends to Truedat.
 // The tape is the large variant and the common one for bodies; boxing it
@@ -215,7 +216,7 @@ impl<B: Body> Kept<Resend<B>> {
 /// A body to send: frames kept by an earlier try, then whatever the client
 /// still sends.
 #[derive(Debug)]
-pub struct Resend<B = Incoming> {
+pub struct Resend<B = ClientBody> {
     frames: VecDeque<Bytes>,
     kept_len: u64,
     rest: Option<B>,

@@ -6,11 +6,14 @@
 //! Redis per request. So the token's generation is checked once with
 //! `GET /api/sessions` (200 while td-auth holds the session); however many
 //! requests saw the 401 at once, they share that one check, and an "alive"
-//! answer is trusted for a second.
+//! answer is trusted for a second. Only a 401 to the check proves the token
+//! dead; an ingress's 5xx or a timeout proves nothing, so such a token is
+//! replaced but still logged out at shutdown (SPEC §3.4, §3.6).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use http::StatusCode;
 use tokio::sync::watch;
 
 use super::Credential;
@@ -28,8 +31,21 @@ const KEPT: usize = 4;
 enum Verdict {
     /// 200, at this instant.
     Alive(Instant),
-    /// Any other answer, or none.
+    /// 401: td-auth no longer holds the session.
     Dead,
+    /// Any other answer, or none.
+    Unknown,
+}
+
+/// What a request that saw a 401 learns about its token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Session {
+    /// The session lives: the 401 was about something else.
+    Alive,
+    /// Truedat says the session is gone.
+    Dead,
+    /// The check failed: handle the token as dead, but it may still live.
+    Unknown,
 }
 
 /// One check, running or done.
@@ -55,12 +71,13 @@ impl Liveness {
 
     /// Whether `credential`'s session still lives, asking Truedat at most
     /// once per generation at a time.
-    pub async fn is_alive(&self, credential: &Credential) -> bool {
+    pub async fn check(&self, credential: &Credential) -> Session {
         let mut verdict = self.verdict(credential);
-        match verdict.wait_for(Option::is_some).await {
-            Ok(v) => matches!(*v, Some(Verdict::Alive(_))),
-            // The check's task was cancelled (runtime shutting down).
-            Err(_) => false,
+        match verdict.wait_for(Option::is_some).await.as_deref() {
+            Ok(Some(Verdict::Alive(_))) => Session::Alive,
+            Ok(Some(Verdict::Dead)) => Session::Dead,
+            // Unknown, or the check's task was cancelled (runtime shutting down).
+            _ => Session::Unknown,
         }
     }
 
@@ -90,8 +107,8 @@ impl Liveness {
         let sessions = self.sessions.clone();
         let (generation, bearer) = (credential.generation, credential.bearer.clone());
         tokio::spawn(async move {
-            let verdict = match sessions.is_alive(&bearer).await {
-                Ok(true) => {
+            let verdict = match sessions.check(&bearer).await {
+                Ok(StatusCode::OK) => {
                     tracing::info!(
                         generation,
                         "Truedat answered 401, but GET /api/sessions says the token lives: \
@@ -99,10 +116,24 @@ impl Liveness {
                     );
                     Verdict::Alive(Instant::now())
                 }
-                Ok(false) => Verdict::Dead,
+                Ok(StatusCode::UNAUTHORIZED) => Verdict::Dead,
+                Ok(status) => {
+                    tracing::warn!(
+                        generation,
+                        status = status.as_u16(),
+                        "GET /api/sessions answered neither 200 nor 401 after a 401; replacing the token, \
+                         which may still live and is logged out at shutdown"
+                    );
+                    Verdict::Unknown
+                }
                 Err(error) => {
-                    tracing::warn!(generation, error = %error, "cannot check the session after a 401; taking the token for dead");
-                    Verdict::Dead
+                    tracing::warn!(
+                        generation,
+                        error = %error,
+                        "cannot check the session after a 401; replacing the token, which may still live \
+                         and is logged out at shutdown"
+                    );
+                    Verdict::Unknown
                 }
             };
             sender.send_replace(Some(verdict));

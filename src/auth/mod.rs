@@ -33,6 +33,10 @@ pub struct Auth {
     /// The newest generation a 401 was seen with: the renewer logs in again
     /// only if the current token is not newer than this.
     dead: AtomicU64,
+    /// The newest generation whose session Truedat said is gone (a 401 to
+    /// `GET /api/sessions`): only such a token is left out of the logout at
+    /// shutdown. One handled as dead on weaker evidence may still live.
+    proven_dead: AtomicU64,
     /// Why the last renewal failed, for `/readyz` and 503 bodies.
     failure: ArcSwapOption<&'static str>,
     first_token_wait: Duration,
@@ -47,6 +51,7 @@ impl Auth {
             cell: TokenCell::default(),
             wake: Notify::new(),
             dead: AtomicU64::new(0),
+            proven_dead: AtomicU64::new(0),
             failure: ArcSwapOption::empty(),
             first_token_wait,
             login_timeout,
@@ -74,6 +79,17 @@ impl Auth {
             self.cell.revoke(generation);
             self.wake.notify_one();
         }
+    }
+
+    /// Truedat said `generation`'s session is gone: it need not be logged out.
+    pub fn prove_dead(&self, generation: u64) {
+        self.proven_dead.fetch_max(generation, Ordering::AcqRel);
+    }
+
+    /// Whether Truedat said `generation`'s session is gone (the newest such
+    /// generation counts; older ones are no longer current when this is asked).
+    pub fn is_proven_dead(&self, generation: u64) -> bool {
+        self.proven_dead.load(Ordering::Acquire) == generation
     }
 
     /// Whether a 401 on `generation` (or a newer one) was already found to

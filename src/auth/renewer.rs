@@ -137,10 +137,14 @@ impl Renewer {
         }
     }
 
-    /// The current token was answered 401: its session is gone already.
+    /// The current token was answered 401: if Truedat confirmed its session
+    /// is gone, there is nothing to log out; otherwise it may still live
+    /// (the check failed) and stays on the list.
     fn forget_dead(&mut self) {
         let dead = self.auth.cell().generation();
-        self.issued.retain(|t| t.generation != dead);
+        if self.auth.is_proven_dead(dead) {
+            self.issued.retain(|t| t.generation != dead);
+        }
     }
 
     /// Waits out the backoff `delay`, or less when probes see an unreachable

@@ -166,15 +166,16 @@ impl Sessions {
         if status.is_success() { Ok(()) } else { Err(unexpected(LOGIN_ROUTE, status, &headers)) }
     }
 
-    /// `GET /api/sessions` with `bearer`: whether td-auth still holds its
-    /// session (200), which tells a dead token from a 401 about something else.
-    pub async fn is_alive(&self, bearer: &HeaderValue) -> Result<bool, SessionError> {
+    /// `GET /api/sessions` with `bearer`: td-auth answers 200 while it holds
+    /// the session and 401 once it is gone; anything else (an ingress's 5xx)
+    /// says nothing about the session.
+    pub async fn check(&self, bearer: &HeaderValue) -> Result<StatusCode, SessionError> {
         let request = Request::get(self.origin.route(LOGIN_ROUTE))
             .header(AUTHORIZATION, bearer.clone())
             .body(UpstreamBody::Empty)
             .expect("static method, valid URI and valid header values");
         let (status, _, _) = self.exchange(LOGIN_ROUTE, request).await?;
-        Ok(status == StatusCode::OK)
+        Ok(status)
     }
 
     /// `GET /api/ping` without credentials: whether Truedat answered 200

@@ -1,0 +1,107 @@
+//! Early answers (SPEC §4): Truedat or its ingress answers before the
+//! request body was sent in full (a 413 from `client_max_body_size`, a 401
+//! before reading), or the proxy refuses a request before reading its body.
+//! Tools that send their whole body before they read (Python's `requests`,
+//! `http.client`, Java's `HttpURLConnection`) must still receive that answer,
+//! at once, and the proxy must not be left holding half a request, on
+//! either path to Truedat.
+
+use std::time::{Duration, Instant};
+
+use http::Method;
+use truedat_auth_proxy::app::Outcome;
+
+use crate::support::fake_truedat::{AfterEarly, EarlyAnswer};
+use crate::support::hops::Hop;
+use crate::support::raw::{RawConn, SendThenRead, send_then_read};
+
+/// An ingress-nginx default: `client_max_body_size 1m`.
+const INGRESS_LIMIT: u64 = 1 << 20;
+/// Long enough for a loaded machine; today's failure is a hang, not a delay.
+const PATIENCE: Duration = Duration::from_secs(15);
+
+fn upload_head(path: &str, len: usize) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: python-requests/2.32.3\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// The client wrote everything, then read the whole `status` answer, and
+/// the connection was closed after it.
+fn assert_answered(seen: &SendThenRead, status: u16, case: &str) {
+    assert_eq!(seen.write_error, None, "{case}: the client could not send its body");
+    assert_eq!(seen.response.status(), Some(status), "{case}: {}", head_of(seen));
+    assert!(seen.response.complete, "{case}: incomplete answer: {}", head_of(seen));
+    assert_eq!(seen.response.header("connection").as_deref(), Some("close"), "{case}: {}", head_of(seen));
+    assert!(seen.closed_after, "{case}: the connection stayed open after the answer");
+}
+
+fn head_of(seen: &SendThenRead) -> String {
+    let text = seen.response.text();
+    text.split("\r\n\r\n").next().unwrap_or_default().to_owned()
+}
+
+/// The issue's cases: an early 413 and an early 401, from a Truedat that
+/// closes after answering and from one that keeps reading (and the
+/// connection), with bodies just over the limit and well over it; after
+/// each, the proxy forwards the next upload normally and shuts down cleanly.
+#[tokio::test]
+async fn a_client_that_sends_before_it_reads_gets_the_early_answer_on_both_paths() {
+    for hop in Hop::BOTH {
+        for (status, then, body_len) in [
+            (413, AfterEarly::Close, 8 << 20),
+            (413, AfterEarly::KeepReading, 8 << 20),
+            (413, AfterEarly::KeepReading, (1 << 20) + (64 << 10)),
+            (401, AfterEarly::Close, 8 << 20),
+            (401, AfterEarly::KeepReading, (1 << 20) + (64 << 10)),
+        ] {
+            let case = format!("{hop}, early {status} for {body_len} bytes, then {then:?}");
+            let (fake, proxy) = hop.proxy(|_| {}).await;
+            fake.set_early_answer(Some(EarlyAnswer { over: INGRESS_LIMIT, status, then }));
+            let started = Instant::now();
+            let seen = send_then_read(proxy.proxy, upload_head("/api/upload", body_len), body_len, PATIENCE).await;
+            assert_answered(&seen, status, &case);
+            assert!(started.elapsed() < PATIENCE, "{case}: took {:?}", started.elapsed());
+            let uploads = fake.data_requests().iter().filter(|r| r.uri.path() == "/api/upload").count();
+            assert_eq!(uploads, 1, "{case}: an early answer is not a reason to send the upload again");
+
+            fake.set_early_answer(None);
+            let body = vec![7u8; 2 << 20];
+            let reply = proxy.client.call(Method::POST, &proxy.url("/api/upload"), body).await;
+            assert_eq!(reply.status, 200, "{case}: the next upload: {}", reply.text());
+            assert_eq!(reply.json()["bytes"], 2 << 20, "{case}");
+            assert_eq!(proxy.stop().await, Outcome::Clean, "{case}: nothing was left hanging for the drain");
+        }
+    }
+}
+
+/// The proxy's own refusals come before it reads the body too: a tool that
+/// sends first still reads the 403, and Truedat sees nothing.
+#[tokio::test]
+async fn the_proxy_s_own_refusal_reaches_a_client_that_sends_first() {
+    let (fake, proxy) = Hop::Http1.proxy(|_| {}).await;
+    let len = 8 << 20;
+    let seen = send_then_read(proxy.proxy, upload_head("/api/sessions", len), len, PATIENCE).await;
+    assert_answered(&seen, 403, "POST /api/sessions");
+    assert!(fake.data_requests().is_empty());
+    assert_eq!(proxy.stop().await, Outcome::Clean);
+}
+
+/// A client that asked `Expect: 100-continue` and is refused is not told to
+/// continue: it gets the final answer at once and sends no body at all.
+#[tokio::test]
+async fn a_refused_client_waiting_for_100_continue_is_not_asked_for_its_body() {
+    let (_fake, proxy) = Hop::Http1.proxy(|_| {}).await;
+    let mut conn = RawConn::connect(proxy.proxy).await;
+    conn.send(
+        b"POST /api/sessions HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n\
+          Content-Length: 104857600\r\n\r\n",
+    );
+    let response = conn.response().await;
+    assert_eq!(response.status(), Some(403), "{}", response.text());
+    assert!(!response.text().contains("100 Continue"), "{}", response.text());
+    assert!(conn.closed_within(Duration::from_secs(5)).await, "the unsent body is not waited for");
+    proxy.stop().await;
+}
