@@ -105,3 +105,49 @@ async fn a_refused_client_waiting_for_100_continue_is_not_asked_for_its_body() {
     assert!(conn.closed_within(Duration::from_secs(5)).await, "the unsent body is not waited for");
     proxy.stop().await;
 }
+
+/// The client from the report, for real: Python's `requests` (falling back
+/// to the standard library's `http.client`, which it is built on) posting
+/// 8 MiB through the proxy to an ingress with a 1 MiB limit, which keeps
+/// reading (as nginx does) or closes, on both paths.
+#[tokio::test]
+async fn python_requests_gets_the_ingress_413_on_both_paths() {
+    const SCRIPT: &str = r#"
+import sys
+url, n = sys.argv[1], 8 << 20
+try:
+    import requests
+    r = requests.post(url, data=b"x" * n, timeout=20)
+    print("requests", r.status_code, r.headers.get("connection"))
+except ImportError:
+    import http.client, urllib.parse
+    u = urllib.parse.urlsplit(url)
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=20)
+    c.request("POST", u.path, body=b"x" * n)
+    r = c.getresponse()
+    print("http.client", r.status, r.getheader("connection"))
+"#;
+    if std::process::Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("python3 is not installed: skipping the real-client check");
+        return;
+    }
+    for (hop, then) in Hop::BOTH.into_iter().flat_map(|hop| [(hop, AfterEarly::KeepReading), (hop, AfterEarly::Close)])
+    {
+        let (fake, proxy) = hop.proxy(|_| {}).await;
+        fake.set_early_answer(Some(EarlyAnswer { over: INGRESS_LIMIT, status: 413, then }));
+        let run = tokio::process::Command::new("python3")
+            .args(["-c", SCRIPT, &proxy.url("/api/upload")])
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .unwrap_or_else(|_| panic!("{hop}, {then:?}: python hung"))
+            .expect("python3 runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{hop}, {then:?}: {stdout}{stderr}");
+        let words: Vec<&str> = stdout.split_whitespace().collect();
+        assert_eq!(words.get(1..), Some(&["413", "close"][..]), "{hop}, {then:?}: {stdout}{stderr}");
+        proxy.stop().await;
+    }
+}
