@@ -242,7 +242,8 @@ pub struct ProxySettings {
     pub max_request_header_bytes: Size,
     pub allow_methods: Vec<String>,
     pub allow_paths: Vec<String>,
-    /// Requests that carry `Origin` or `Sec-Fetch-*` come from a web page, never from a tool.
+    /// Requests that carry `Origin` or `Sec-Fetch-Site` come from a web page,
+    /// never from a tool (`headers::is_from_browser`).
     pub allow_browsers: bool,
     pub allow_session_paths: bool,
 }

@@ -5,6 +5,7 @@
 mod support;
 
 mod cli;
+mod clients;
 mod comeback;
 mod deploy;
 mod egress;
