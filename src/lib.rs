@@ -20,10 +20,10 @@
 //! Around it: [`config`] (layered, validated before anything binds, with
 //! [`units`] for durations and sizes), [`auth`] (the `ArcSwap` token cell and
 //! the renewer task that owns every login), [`admin`] (probes, metrics,
-//! `/quitquitquit`), [`tls`] (the CA and client certificate, reloaded when
-//! their files change) and [`app`], which binds, runs and shuts down in order.
-//! [`wait`] is the `wait` subcommand: a start-order hold for pods without
-//! native sidecars.
+//! `/quitquitquit`), [`tls`] (the CA and client certificate, read strictly by
+//! [`pem`] and reloaded when their files change) and [`app`], which binds,
+//! runs and shuts down in order. [`wait`] is the `wait` subcommand: a
+//! start-order hold for pods without native sidecars.
 
 #![forbid(unsafe_code)]
 
@@ -38,6 +38,7 @@ pub mod headers;
 pub mod link;
 pub mod origin;
 pub mod paths;
+pub mod pem;
 pub mod proxy;
 pub mod replay;
 pub mod retry;
