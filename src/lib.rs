@@ -5,7 +5,8 @@
 //! forwards every request with `Authorization: Bearer <token>` added.
 //!
 //! A request flows through:
-//! - [`server`]: the accept loop (connection limit, head limits, graceful drain);
+//! - [`server`]: the accept loop (connection limit, head limits, graceful drain;
+//!   [`slots`] for the admin listener, which evicts idle connections when full);
 //! - [`proxy`]: policy checks ([`paths`], methods, framing, browsers), the
 //!   bearer from [`auth`], header hygiene ([`headers`]), the join onto
 //!   [`origin`]; then each try goes out on the client connection's own
@@ -43,6 +44,7 @@ pub mod proxy;
 pub mod replay;
 pub mod retry;
 pub mod server;
+pub mod slots;
 pub mod telemetry;
 pub mod tls;
 pub mod units;

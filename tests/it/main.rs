@@ -4,6 +4,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod admin_port;
 mod cli;
 mod clients;
 mod comeback;
