@@ -2,7 +2,9 @@
 //!
 //! Probes never call Truedat: readiness is a local fact (a usable token is
 //! held and no shutdown has begun), so a Truedat outage cannot make the
-//! kubelet restart healthy sidecars.
+//! kubelet restart healthy sidecars. Browsers are refused on every endpoint
+//! (the same test as `proxy.allow_browsers`), so a web page open on the
+//! machine cannot stop the proxy with a cross-site `POST /quitquitquit`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Auth;
 use crate::body::ProxyBody;
 use crate::error::json_error;
+use crate::headers;
 use crate::telemetry;
 
 /// What the admin endpoints look at.
@@ -39,6 +42,12 @@ impl Admin {
         request: Request<Incoming>,
         peer: SocketAddr,
     ) -> Result<Response<ProxyBody>, Infallible> {
+        // SPEC §6: the kubelet and Prometheus never send Origin or
+        // Sec-Fetch-Site; a web page must not stop the proxy or read its
+        // metrics, whatever `proxy.allow_browsers` lets through on the proxy port.
+        if headers::is_from_browser(request.headers()) {
+            return Ok(json_error(StatusCode::FORBIDDEN, "requests from web browsers are refused on the admin port"));
+        }
         let method = request.method();
         let response = match request.uri().path() {
             "/healthz" if is_read(method) => text(StatusCode::OK, "ok\n", "text/plain; charset=utf-8"),

@@ -155,6 +155,7 @@ impl App {
             max_buf_size: (max_head * 2).max(MIN_BUF_SIZE),
             header_read_timeout: self.config.listen.header_read_timeout.0,
             send_timeout: self.config.listen.send_timeout.0,
+            evict_idle: false,
         };
         // Each client connection gets its own link to Truedat.
         let handler = move |_peer| {
@@ -176,6 +177,8 @@ impl App {
             max_buf_size: MIN_BUF_SIZE * 2,
             header_read_timeout: Duration::from_secs(10),
             send_timeout: Duration::from_secs(10),
+            // Probes must get through whatever holds the port (SPEC §6).
+            evict_idle: true,
         };
         let handler = move |peer| {
             let admin = admin.clone();

@@ -242,7 +242,8 @@ pub struct ProxySettings {
     pub max_request_header_bytes: Size,
     pub allow_methods: Vec<String>,
     pub allow_paths: Vec<String>,
-    /// Requests that carry `Origin` or `Sec-Fetch-*` come from a web page, never from a tool.
+    /// Requests that carry `Origin` or `Sec-Fetch-Site` come from a web page,
+    /// never from a tool (`headers::is_from_browser`).
     pub allow_browsers: bool,
     pub allow_session_paths: bool,
 }
@@ -390,6 +391,7 @@ impl Config {
         self.validate_token(&mut problems);
         self.validate_proxy(&mut problems);
         self.validate_retry(&mut problems);
+        self.validate_duration_bounds(&mut problems);
         if !(1..=64).contains(&self.runtime.worker_threads) {
             problems.push("runtime.worker_threads: must be between 1 and 64".to_owned());
         }
@@ -408,6 +410,41 @@ impl Config {
     /// The effective configuration as TOML, secrets replaced by `"<redacted>"`.
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string(self).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+
+    /// Every duration key with its value and the longest it accepts (SPEC
+    /// §1: every number is bounded). The parser already refuses more than
+    /// `units::MAX_DURATION`; these bounds are what an operator could mean.
+    fn durations(&self) -> [(&'static str, Dur, Dur); 18] {
+        let (l, u, t, r, s) = (&self.listen, &self.upstream, &self.token, &self.retry, &self.shutdown);
+        [
+            ("listen.header_read_timeout", l.header_read_timeout, HOUR),
+            ("listen.send_timeout", l.send_timeout, HOUR),
+            ("upstream.connect_timeout", u.connect_timeout, FIVE_MINUTES),
+            ("upstream.request_timeout", u.request_timeout, HOUR),
+            ("upstream.body_idle_timeout", u.body_idle_timeout, HOUR),
+            ("upstream.pool_idle_timeout", u.pool_idle_timeout, HOUR),
+            ("token.refresh_before", t.refresh_before, WEEK),
+            ("token.fallback_lifetime", t.fallback_lifetime, WEEK),
+            ("token.login_timeout", t.login_timeout, FIVE_MINUTES),
+            ("token.retry_initial", t.retry_initial, HOUR),
+            ("token.retry_max", t.retry_max, HOUR),
+            ("token.first_token_wait", t.first_token_wait, FIVE_MINUTES),
+            ("token.probe_interval", t.probe_interval, FIVE_MINUTES),
+            ("retry.window", r.window, HOUR),
+            ("retry.backoff_initial", r.backoff_initial, HOUR),
+            ("retry.backoff_max", r.backoff_max, HOUR),
+            ("shutdown.drain_timeout", s.drain_timeout, HOUR),
+            ("shutdown.delay", s.delay, HOUR),
+        ]
+    }
+
+    fn validate_duration_bounds(&self, problems: &mut Vec<String>) {
+        for (key, value, max) in self.durations() {
+            if value > max {
+                problems.push(format!("{key}: {value} is longer than {max}, the most it accepts"));
+            }
+        }
     }
 
     fn validate_listeners(&self, problems: &mut Vec<String>) {
@@ -519,6 +556,13 @@ impl Config {
         if !(1 << 10..=1 << 20).contains(&proxy.max_request_header_bytes.0) {
             problems.push("proxy.max_request_header_bytes: must be between 1KiB and 1MiB".to_owned());
         }
+        if proxy.replay_body_limit > MAX_REPLAY_BODY_LIMIT {
+            problems.push(format!(
+                "proxy.replay_body_limit: {} is more than {MAX_REPLAY_BODY_LIMIT}, the most it accepts (each request \
+                 may keep this much in memory)",
+                proxy.replay_body_limit
+            ));
+        }
     }
 
     fn validate_retry(&self, problems: &mut Vec<String>) {
@@ -539,6 +583,13 @@ impl Config {
                 outside.join(", ")
             ));
         }
+        // tower's TpsBudget asserts a reserve below i32::MAX a second.
+        if retry.budget_min_per_second > MAX_BUDGET_MIN_PER_SECOND {
+            problems.push(format!(
+                "retry.budget_min_per_second: {} is more than {MAX_BUDGET_MIN_PER_SECOND}, the most it accepts",
+                retry.budget_min_per_second
+            ));
+        }
         // tower's TpsBudget, which enforces the budget, accepts 0 to 1000.
         if !(retry.budget_ratio.is_finite() && (0.0..=MAX_BUDGET_RATIO).contains(&retry.budget_ratio)) {
             problems.push(format!(
@@ -552,6 +603,24 @@ impl Config {
 /// The largest `retry.budget_ratio`: a retry budget of 1000 times the traffic
 /// is no budget at all, and the budget's implementation refuses more.
 const MAX_BUDGET_RATIO: f64 = 1000.0;
+
+/// The largest `retry.budget_min_per_second`: ten thousand retries a second
+/// from one sidecar is already no budget at all (tower's `TpsBudget` panics
+/// from 2^31 - 1).
+const MAX_BUDGET_MIN_PER_SECOND: u32 = 10_000;
+
+/// The largest `proxy.replay_body_limit`: every request may keep this much
+/// in memory until it is answered.
+const MAX_REPLAY_BODY_LIMIT: Size = Size(1 << 30);
+
+/// Bounds of the durations (see `Config::durations`): connecting and
+/// logging in, and how long a request waits for a token or a probe for the
+/// next ping, take minutes at the very most…
+const FIVE_MINUTES: Dur = Dur::secs(5 * 60);
+/// …timeouts, backoffs, retries and shutdown steps an hour…
+const HOUR: Dur = Dur::secs(3600);
+/// …and token lifetimes a week.
+const WEEK: Dur = Dur::secs(7 * 24 * 3600);
 
 /// Shortest `token.probe_interval` other than 0: a hundred sidecars probing at
 /// this rate already send a thousand pings a second to an ingress in trouble.
@@ -798,6 +867,59 @@ mod tests {
             let problems = c.validate().unwrap_err().0;
             assert_eq!(problems.len(), 1, "{key}: {problems:?}");
             assert!(problems[0].starts_with(&format!("{key}: ")), "{key}: {problems:?}");
+        }
+    }
+
+    /// `minimal()` with `key` set to the TOML `value`.
+    fn with(key: &str, value: &str) -> Config {
+        let (section, name) = key.split_once('.').unwrap();
+        Figment::from(Serialized::defaults(minimal()))
+            .merge(Toml::string(&format!("[{section}]\n{name} = {value}\n")))
+            .extract()
+            .unwrap()
+    }
+
+    #[test]
+    fn every_duration_key_has_an_upper_bound_that_names_it() {
+        let table: toml::Table = toml::from_str(&toml::to_string(&Config::default()).unwrap()).unwrap();
+        let mut from_defaults: Vec<String> = table
+            .iter()
+            .flat_map(|(section, keys)| {
+                keys.as_table().unwrap().iter().map(move |(name, value)| (section, name, value))
+            })
+            .filter(|(_, _, value)| value.as_str().is_some_and(|v| v.parse::<Dur>().is_ok()))
+            .map(|(section, name, _)| format!("{section}.{name}"))
+            .collect();
+        let mut bounded: Vec<String> = minimal().durations().iter().map(|(key, _, _)| key.to_string()).collect();
+        from_defaults.sort();
+        bounded.sort();
+        assert_eq!(bounded, from_defaults, "a duration key without a bound, or a bound of no key");
+
+        for (key, _, max) in minimal().durations() {
+            let at_most = with(key, &format!("\"{max}\"")).validate().err().map(|e| e.0).unwrap_or_default();
+            assert!(!at_most.iter().any(|p| p.contains("the most it accepts")), "{key} = {max}: {at_most:?}");
+            let over = Dur(max.0 + std::time::Duration::from_millis(1));
+            let problems = with(key, &format!("\"{over}\"")).validate().unwrap_err().0;
+            let expected = format!("{key}: {over} is longer than {max}, the most it accepts");
+            assert!(problems.contains(&expected), "{key} = {over}: {problems:?}");
+        }
+    }
+
+    #[test]
+    fn counts_and_sizes_beyond_their_bounds_name_their_keys() {
+        let cases = [
+            ("retry.budget_min_per_second", "10000", "10001"),
+            ("retry.budget_min_per_second", "10000", "2147483647"),
+            ("proxy.replay_body_limit", "\"1GiB\"", "\"1073741825B\""),
+            ("listen.max_connections", "1000000", "1000001"),
+            ("runtime.worker_threads", "64", "65"),
+            ("retry.budget_ratio", "1000.0", "1000.5"),
+        ];
+        for (key, largest, over) in cases {
+            with(key, largest).validate().unwrap_or_else(|e| panic!("{key} = {largest}: {e}"));
+            let problems = with(key, over).validate().unwrap_err().0;
+            assert_eq!(problems.len(), 1, "{key} = {over}: {problems:?}");
+            assert!(problems[0].starts_with(&format!("{key}: ")), "{key} = {over}: {problems:?}");
         }
     }
 

@@ -115,6 +115,19 @@ fn cookie_name_is(pair: &[u8], name: &str) -> bool {
     pair[..end].trim_ascii().eq_ignore_ascii_case(name.as_bytes())
 }
 
+/// SPEC §2 `proxy.allow_browsers`: a request carrying `Origin` or
+/// `Sec-Fetch-Site` comes from a web browser. Every current browser sends
+/// `Sec-Fetch-Site` on every request (Fetch Metadata) and `Origin` on
+/// cross-site and non-GET ones; tools send neither. `Sec-Fetch-Mode` or
+/// `Sec-Fetch-Dest` alone is not a browser: Node's built-in `fetch` (undici)
+/// sends `sec-fetch-mode: cors` on every request.
+pub fn is_from_browser(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::ORIGIN) || headers.contains_key(&SEC_FETCH_SITE)
+}
+
+/// Fetch Metadata's `Sec-Fetch-Site` (W3C Fetch Metadata Request Headers §2.4).
+static SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,5 +199,18 @@ mod tests {
         to_client(&mut h);
         assert_eq!(values(&h, "set-cookie"), ["other=1; path=/"]);
         assert!(h.get("connection").is_none());
+    }
+
+    #[test]
+    fn browsers_are_told_by_origin_or_sec_fetch_site_only() {
+        assert!(is_from_browser(&map(&[("origin", "https://evil.example")])));
+        assert!(is_from_browser(&map(&[("Origin", "null")])));
+        assert!(is_from_browser(&map(&[("sec-fetch-site", "none"), ("sec-fetch-mode", "navigate")])));
+        assert!(is_from_browser(&map(&[("Sec-Fetch-Site", "same-origin")])));
+        // Node's fetch (undici) and other tools.
+        let node = [("accept", "*/*"), ("accept-language", "*"), ("sec-fetch-mode", "cors"), ("user-agent", "node")];
+        assert!(!is_from_browser(&map(&node)));
+        assert!(!is_from_browser(&map(&[("sec-fetch-dest", "empty"), ("sec-fetch-user", "?1")])));
+        assert!(!is_from_browser(&map(&[("user-agent", "curl/8.5.0"), ("referer", "https://x.example/")])));
     }
 }

@@ -5,7 +5,8 @@
 //! forwards every request with `Authorization: Bearer <token>` added.
 //!
 //! A request flows through:
-//! - [`server`]: the accept loop (connection limit, head limits, graceful drain);
+//! - [`server`]: the accept loop (connection limit, head limits, graceful drain;
+//!   [`slots`] for the admin listener, which evicts idle connections when full);
 //! - [`proxy`]: policy checks ([`paths`], methods, framing, browsers), the
 //!   bearer from [`auth`], header hygiene ([`headers`]), the join onto
 //!   [`origin`]; then each try goes out on the client connection's own
@@ -20,10 +21,10 @@
 //! Around it: [`config`] (layered, validated before anything binds, with
 //! [`units`] for durations and sizes), [`auth`] (the `ArcSwap` token cell and
 //! the renewer task that owns every login), [`admin`] (probes, metrics,
-//! `/quitquitquit`), [`tls`] (the CA and client certificate, reloaded when
-//! their files change) and [`app`], which binds, runs and shuts down in order.
-//! [`wait`] is the `wait` subcommand: a start-order hold for pods without
-//! native sidecars.
+//! `/quitquitquit`), [`tls`] (the CA and client certificate, read strictly by
+//! [`pem`] and reloaded when their files change) and [`app`], which binds,
+//! runs and shuts down in order. [`wait`] is the `wait` subcommand: a
+//! start-order hold for pods without native sidecars.
 
 #![forbid(unsafe_code)]
 
@@ -39,11 +40,13 @@ pub mod headers;
 pub mod link;
 pub mod origin;
 pub mod paths;
+pub mod pem;
 pub mod proxy;
 pub mod reads_on;
 pub mod replay;
 pub mod retry;
 pub mod server;
+pub mod slots;
 pub mod telemetry;
 pub mod tls;
 pub mod units;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, ORIGIN, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -430,7 +430,7 @@ impl Policy {
             return Err(ProxyError::HeadTooLarge);
         }
         check_transfer_coding(&request.headers)?;
-        if !self.allow_browsers && is_from_browser(&request.headers) {
+        if !self.allow_browsers && headers::is_from_browser(&request.headers) {
             return Err(ProxyError::Forbidden(
                 "requests from web browsers are refused (proxy.allow_browsers): a web page must not act as the \
                  service user",
@@ -474,12 +474,6 @@ fn check_transfer_coding(headers: &HeaderMap) -> Result<(), ProxyError> {
         return Err(ProxyError::NotImplemented("only the chunked transfer coding is supported on requests"));
     }
     Ok(())
-}
-
-/// Browsers send `Origin` on cross-site and non-GET requests and
-/// `Sec-Fetch-*` on every request (Fetch Metadata); tools send neither.
-fn is_from_browser(headers: &HeaderMap) -> bool {
-    headers.contains_key(ORIGIN) || headers.keys().any(|name| name.as_str().starts_with("sec-fetch-"))
 }
 
 /// How an exchange with Truedat failed.

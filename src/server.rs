@@ -1,6 +1,9 @@
 //! The accept loop shared by the proxy and admin listeners: HTTP/1.1 with
 //! keep-alive, a bound on concurrent connections, bounded request heads, and
-//! a graceful drain.
+//! a graceful drain. When every slot is taken, the proxy listener lets new
+//! connections wait; the admin listener evicts an idle one ([`slots`]).
+//!
+//! [`slots`]: crate::slots
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -21,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::body::ProxyBody;
+use crate::slots::{Busy, Registration, Slots, Tracked};
 
 /// Per-listener connection settings.
 #[derive(Clone, Copy, Debug)]
@@ -36,6 +40,10 @@ pub struct Limits {
     /// A write to the client that makes no progress for this long fails,
     /// which ends the connection.
     pub send_timeout: Duration,
+    /// When every slot is taken, a new connection evicts the oldest one that
+    /// is idle or has not sent a whole request head (SPEC §6, the admin
+    /// listener) instead of waiting in the accept backlog.
+    pub evict_idle: bool,
 }
 
 /// How a listener's connections end.
@@ -65,11 +73,18 @@ where
     // A watch, not a Notify: a connection subscribed at accept time sees a
     // later signal even if its task had not run yet when it was sent.
     let pressure = watch::Sender::new(());
+    let slots = Slots::default();
     let mut accept_errors = 0u32;
     loop {
-        let permit = tokio::select! {
-            permit = slot(&permits, &pressure) => permit,
-            () = stop.cancelled() => break,
+        // A listener that waits takes its slot before accepting, so the
+        // connections beyond the limit wait in the kernel's backlog.
+        let waited = if limits.evict_idle {
+            None
+        } else {
+            tokio::select! {
+                permit = slot(&permits, &pressure) => Some(permit),
+                () = stop.cancelled() => break,
+            }
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -78,12 +93,36 @@ where
             },
             () = stop.cancelled() => break,
         };
+        let permit = match waited {
+            Some(permit) => permit,
+            None => tokio::select! {
+                permit = room(&permits, &slots) => permit,
+                () = stop.cancelled() => break,
+            },
+        };
+        let registration = limits.evict_idle.then(|| slots.register());
         let signals = Signals { drain: drain.signal.clone(), pressure: pressure.subscribe() };
-        let connection = serve_connection(stream, peer, handlers(peer), limits, signals);
+        let connection = serve_connection(stream, peer, handlers(peer), limits, signals, registration);
         drain.tasks.spawn(async move {
             connection.await;
             drop(permit);
         });
+    }
+}
+
+/// A slot for a connection just accepted, made by evicting the oldest idle
+/// connection when none is free; while every connection is busy, waits for
+/// one to end or to become idle.
+async fn room(permits: &Arc<Semaphore>, slots: &Slots) -> OwnedSemaphorePermit {
+    loop {
+        if let Ok(permit) = permits.clone().try_acquire_owned() {
+            return permit;
+        }
+        // The evicted connection's task ends at once and frees its slot.
+        slots.evict_oldest_idle();
+        if let Ok(permit) = tokio::time::timeout(PRESSURE_REPEAT, permits.clone().acquire_owned()).await {
+            return permit.expect("the semaphore is never closed");
+        }
     }
 }
 
@@ -105,9 +144,15 @@ async fn slot(permits: &Arc<Semaphore>, pressure: &watch::Sender<()>) -> OwnedSe
 }
 
 /// Serves one client connection until it ends, closing it gracefully when
-/// `drain` or `pressure` fires.
-async fn serve_connection<H, F>(stream: TcpStream, peer: SocketAddr, handler: H, limits: Limits, mut signals: Signals)
-where
+/// `drain` or `pressure` fires, and at once when it is evicted.
+async fn serve_connection<H, F>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    handler: H,
+    limits: Limits,
+    mut signals: Signals,
+    registration: Option<Registration>,
+) where
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
 {
@@ -118,13 +163,17 @@ where
     // pressure after it served one, never before reading the request its
     // client already sent.
     let served = Arc::new(AtomicBool::new(false));
+    let busy = registration.as_ref().map(|r| r.busy.clone());
     let service = service_fn({
         let served = served.clone();
         move |request| {
             served.store(true, Ordering::Relaxed);
-            handler(request)
+            let busy = Busy::begin(busy.as_ref());
+            let response = handler(request);
+            async move { Ok::<_, Infallible>(response.await?.map(|body| Tracked::new(body, busy))) }
         }
     });
+    let evicted = registration.as_ref().map(|r| r.evicted.clone()).unwrap_or_default();
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
@@ -136,6 +185,11 @@ where
     let result = loop {
         tokio::select! {
             result = connection.as_mut() => break result,
+            // Idle or still without a whole head: nothing of an exchange is lost.
+            () = evicted.cancelled() => {
+                tracing::debug!(%peer, "connection evicted: every slot was taken");
+                return;
+            }
             () = signals.drain.cancelled(), if !closing => {
                 connection.as_mut().graceful_shutdown();
                 closing = true;

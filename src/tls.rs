@@ -17,10 +17,11 @@
 //!   resumed TLS session skips both the server's certificate check and the
 //!   client certificate, so a ticket from before the rotation must not be
 //!   used after it.
-//! - Material that changed but cannot be used (unreadable, not PEM, a key that
-//!   does not fit its certificate) is logged at error level once per change,
-//!   and the previous material stays in use. At startup the same problems are
-//!   configuration errors.
+//! - Material that changed but cannot be used (unreadable; a PEM block that
+//!   does not parse, however many good ones come before it, see [`pem`]; no
+//!   certificate; a key that does not fit its certificate) is logged at error
+//!   level once per change, and the previous material stays in use. At
+//!   startup the same problems are configuration errors.
 //!
 //! There is deliberately no option to turn certificate verification off.
 
@@ -30,13 +31,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Upstream;
-use crate::telemetry;
+use crate::{pem, telemetry};
 
 /// How often the files are checked: well inside SPEC's 10 s, and cheap (a
 /// `stat` per file; a file is read only when its stamp changed).
@@ -54,8 +55,16 @@ const KEY_KEY: &str = "upstream.client_key_file";
 pub enum Error {
     #[error("{key}: cannot read {path}: {reason}")]
     File { key: &'static str, path: String, reason: String },
-    #[error("{key}: {path} holds no usable PEM {what}")]
-    Pem { key: &'static str, path: String, what: &'static str },
+    #[error("{key}: {path}: {problem}")]
+    Pem { key: &'static str, path: String, problem: pem::Invalid },
+    #[error("upstream.ca_file: {path}: certificate {index} cannot be a trust anchor: {reason}")]
+    Anchor { path: String, index: usize, reason: String },
+    #[error("upstream.client_key_file: {path}: the key cannot be used: {reason}")]
+    Key { path: String, reason: rustls::Error },
+    #[error(
+        "upstream.client_key_file: {path}: the key does not fit the certificate of upstream.client_cert_file ({reason})"
+    )]
+    Mismatch { path: String, reason: rustls::Error },
     #[error("upstream.client_key_file: the key does not fit the certificate: {0}")]
     ClientAuth(rustls::Error),
     #[error("no trusted CA certificates: the system store is empty and upstream.ca_file is unset")]
@@ -310,15 +319,18 @@ fn build(files: &Files, contents: &Contents, system_roots: &RootCertStore, need_
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     // A new builder also means a new, empty session-resumption cache.
-    let builder = ClientConfig::builder_with_provider(provider)
+    let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
         .with_root_certificates(roots);
     let (mut config, client_cert_not_after) = match &files.client {
         Some((cert_path, key_path)) => {
-            let chain = certs(CERT_KEY, cert_path, bytes(CERT_KEY, cert_path, contents.cert.as_ref())?)?;
-            let not_after = not_after(cert_path, &chain[0])?;
-            let key = private_key(key_path, bytes(KEY_KEY, key_path, contents.key.as_ref())?)?;
+            let chain = pem::certificates(bytes(CERT_KEY, cert_path, contents.cert.as_ref())?, true)
+                .map_err(|problem| invalid(CERT_KEY, cert_path, problem))?;
+            let not_after = not_after(&chain[0]);
+            let key = pem::private_key(bytes(KEY_KEY, key_path, contents.key.as_ref())?)
+                .map_err(|problem| invalid(KEY_KEY, key_path, problem))?;
+            check_fit(&chain, &key, key_path, &provider)?;
             (builder.with_client_auth_cert(chain, key).map_err(Error::ClientAuth)?, Some(not_after))
         }
         None => (builder.with_no_client_auth(), None),
@@ -328,38 +340,43 @@ fn build(files: &Files, contents: &Contents, system_roots: &RootCertStore, need_
 }
 
 fn add_ca_file(roots: &mut RootCertStore, path: &Path, pem: &[u8]) -> Result<(), Error> {
-    for cert in certs(CA_KEY, path, pem)? {
-        roots.add(cert).map_err(|_| Error::Pem {
-            key: CA_KEY,
+    let certificates = pem::certificates(pem, false).map_err(|problem| invalid(CA_KEY, path, problem))?;
+    for (index, cert) in certificates.into_iter().enumerate() {
+        roots.add(cert).map_err(|e| Error::Anchor {
             path: path.display().to_string(),
-            what: "CA certificate",
+            index: index + 1,
+            reason: e.to_string(),
         })?;
     }
     Ok(())
 }
 
-fn certs(key: &'static str, path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, Error> {
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem).filter_map(Result::ok).collect();
-    if certs.is_empty() {
-        return Err(Error::Pem { key, path: path.display().to_string(), what: "certificate" });
-    }
-    Ok(certs)
+fn invalid(key: &'static str, path: &Path, problem: pem::Invalid) -> Error {
+    Error::Pem { key, path: path.display().to_string(), problem }
 }
 
-fn private_key(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, Error> {
-    PrivateKeyDer::from_pem_slice(pem).map_err(|_| Error::Pem {
-        key: KEY_KEY,
-        path: path.display().to_string(),
-        what: "private key",
-    })
+/// The key must be the certificate's (SPEC §4): rustls only refuses a key it
+/// can prove foreign, so a key whose public half it cannot tell is refused
+/// here too, rather than failing every handshake later.
+fn check_fit(
+    chain: &[CertificateDer<'static>],
+    key: &PrivateKeyDer<'static>,
+    key_path: &Path,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<(), Error> {
+    let signing = provider
+        .key_provider
+        .load_private_key(key.clone_key())
+        .map_err(|reason| Error::Key { path: key_path.display().to_string(), reason })?;
+    CertifiedKey::new(chain.to_vec(), signing)
+        .keys_match()
+        .map_err(|reason| Error::Mismatch { path: key_path.display().to_string(), reason })
 }
 
-/// The certificate's notAfter as Unix seconds; a certificate whose validity
-/// cannot be read is not usable.
-fn not_after(path: &Path, cert: &CertificateDer<'_>) -> Result<i64, Error> {
-    x509_parser::parse_x509_certificate(cert)
-        .map(|(_, parsed)| parsed.validity().not_after.timestamp())
-        .map_err(|_| Error::Pem { key: CERT_KEY, path: path.display().to_string(), what: "X.509 certificate" })
+/// The certificate's notAfter as Unix seconds (`pem::certificates` has
+/// checked that it parses).
+fn not_after(cert: &CertificateDer<'_>) -> i64 {
+    x509_parser::parse_x509_certificate(cert).map_or(i64::MAX, |(_, parsed)| parsed.validity().not_after.timestamp())
 }
 
 /// The system's CA store, and whether it was empty.

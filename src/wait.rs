@@ -103,9 +103,24 @@ fn reason(status: StatusCode, body: &[u8]) -> String {
         .ok()
         .and_then(|json| json["errors"]["detail"].as_str().map(str::to_owned));
     match detail {
-        Some(detail) => format!("/readyz answered {}: {detail}", status.as_u16()),
+        Some(detail) => format!("/readyz answered {}: {}", status.as_u16(), escape_controls(&detail)),
         None => format!("/readyz answered {}", status.as_u16()),
     }
+}
+
+/// `text` with every control character written as a Rust escape (`\n`,
+/// `\u{1b}`), so that whatever the answering server put in its detail, the
+/// reason stays one line (SPEC §1) and cannot drive the terminal.
+fn escape_controls(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            escaped.extend(c.escape_default());
+        } else {
+            escaped.push(c);
+        }
+    }
+    escaped
 }
 
 #[cfg(test)]
@@ -126,6 +141,8 @@ mod tests {
         let body = br#"{"errors":{"detail":"Truedat unreachable"}}"#;
         assert_eq!(reason(StatusCode::SERVICE_UNAVAILABLE, body), "/readyz answered 503: Truedat unreachable");
         assert_eq!(reason(StatusCode::NOT_FOUND, b"<html>"), "/readyz answered 404");
+        let body = r#"{"errors":{"detail":"a\nb\u001b[31m\u0085c\\n é"}}"#.as_bytes();
+        assert_eq!(reason(StatusCode::SERVICE_UNAVAILABLE, body), r"/readyz answered 503: a\nb\u{1b}[31m\u{85}c\n é");
     }
 
     #[tokio::test]

@@ -216,6 +216,38 @@ async fn each_invalid_retry_or_body_idle_setting_exits_2_with_one_line_naming_th
     assert_eq!(at(&table, "retry.on_status").as_array().map(Vec::len), Some(2));
 }
 
+/// SPEC §1: every number has bounds that validation checks. A value beyond
+/// them is a configuration error naming the key, from the file or the
+/// environment, with `--check-config` or at a normal start (where
+/// `retry.budget_min_per_second = 2147483647` once tripped an assertion in
+/// the retry budget: exit 101).
+#[tokio::test]
+async fn numbers_beyond_their_bounds_exit_2_with_one_line_naming_the_key() {
+    let cases: [(&str, &str); 6] = [
+        ("retry.budget_min_per_second", "2147483647"),
+        ("retry.budget_min_per_second", "4294967295"),
+        ("upstream.connect_timeout", "\"2days\""),
+        ("token.first_token_wait", "\"1days\""),
+        ("proxy.replay_body_limit", "\"2GiB\""),
+        ("shutdown.drain_timeout", "\"366days\""),
+    ];
+    let mut failures = Vec::new();
+    for (key, value) in cases {
+        let line = format!("{key} = {value}");
+        let file = config_file(&toml_text(NOWHERE, &[], &[&line]));
+        let path = file.path().to_str().expect("a UTF-8 temporary path");
+        failures.extend(expect_invalid(&line, &["--config", path, "--check-config"], &[], key).await);
+    }
+    // A normal start, from the environment: no proxy runs (nor panics).
+    let file = config_file(&toml_text(NOWHERE, &[], &[]));
+    let path = file.path().to_str().expect("a UTF-8 temporary path");
+    for value in ["2147483647", "4294967295"] {
+        let env = [("TRUEDAT_PROXY_RETRY__BUDGET_MIN_PER_SECOND", value)];
+        failures.extend(expect_invalid(value, &["--config", path], &env, "retry.budget_min_per_second").await);
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
 #[tokio::test]
 async fn an_invalid_configuration_also_stops_a_normal_start_with_exit_2() {
     let file = config_file(&toml_text(NOWHERE, &["upstream.url"], &[]));

@@ -136,6 +136,7 @@ async fn chunked_bodies_on_get_and_head_are_forwarded_and_other_codings_refused(
 /// fetch() from another origin, and a DNS-rebinding page that is
 /// same-origin to the proxy (Origin names 127.0.0.1:8080). All 403 and
 /// never forwarded; a tool's request passes; `allow_browsers` lets them in.
+/// (`clients.rs` has the full header sets of Chrome, Firefox, Safari and Node.)
 #[tokio::test]
 async fn browsers_are_refused_unless_allowed() {
     let requests = [
@@ -147,7 +148,8 @@ async fn browsers_are_refused_unless_allowed() {
         "GET /api/data_structures HTTP/1.1\r\nHost: rebind.evil.example:8080\r\nSec-Fetch-Site: same-origin\r\n\
          Sec-Fetch-Mode: cors\r\n\r\n",
         "GET /api/data_structures HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nOrigin: null\r\n\r\n",
-        "GET /api/img HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nSec-Fetch-Dest: image\r\n\r\n",
+        "GET /api/img HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nSec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: no-cors\r\n\
+         Sec-Fetch-Dest: image\r\n\r\n",
     ];
     let fake = fake(|_| {}).await;
     let proxy = TestProxy::ready(&fake, |_| {}).await;

@@ -4,7 +4,9 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod admin_port;
 mod cli;
+mod clients;
 mod comeback;
 mod deploy;
 mod early_answers;

@@ -1,7 +1,8 @@
 //! Property tests of the pure parts, through the library's public API: header
 //! hygiene, joining request targets onto the origin, JWT lifetime arithmetic,
 //! backoff bounds, renewal schedules, duration and size notation, and path
-//! policy as Truedat's router and its ingress read paths.
+//! policy as Truedat's router and its ingress read paths, and that every
+//! configuration validation accepts builds and serves without a panic.
 //!
 //! Each property states what must hold for every input, including hostile
 //! ones (a client controls headers and paths, Truedat controls tokens, an
@@ -16,6 +17,8 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue};
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
+use tokio_util::sync::CancellationToken;
+use truedat_auth_proxy::app::App;
 use truedat_auth_proxy::auth::backoff::Backoff;
 use truedat_auth_proxy::auth::jwt::{self, MAX_LIFETIME};
 use truedat_auth_proxy::auth::renewer::schedule;
@@ -23,7 +26,10 @@ use truedat_auth_proxy::config::Config;
 use truedat_auth_proxy::headers::{REFRESH_COOKIE, strip_hop_by_hop, to_client, to_upstream};
 use truedat_auth_proxy::origin::Origin;
 use truedat_auth_proxy::paths::{PathPolicy, Refusal};
+use truedat_auth_proxy::retry::RetryPolicy;
 use truedat_auth_proxy::units::{Dur, MAX_SIZE, Size};
+
+use crate::support::raw::raw_exchange;
 
 /// 512 cases a property, and no regression files written into the source
 /// tree: a failure prints its minimal input, which belongs in a unit test.
@@ -496,6 +502,225 @@ fn duration_and_size_keys() -> Vec<String> {
     }
     assert!(keys.len() >= 15, "{keys:?}");
     keys
+}
+
+// ---------------------------------------------------------------------------
+// Whatever validation accepts runs (SPEC §1)
+
+/// What kind of number a configuration key holds, told from its default.
+#[derive(Clone, Copy, Debug)]
+enum Numeric {
+    Duration,
+    Size,
+    Count,
+    Ratio,
+    Statuses,
+}
+
+/// Every numeric key (durations, sizes, counts, ratios, status lists), found
+/// from the defaults themselves so that a key added later is covered too.
+fn numeric_keys() -> Vec<(String, Numeric)> {
+    let table: toml::Table = toml::from_str(&toml::to_string(&Config::default()).unwrap()).unwrap();
+    let mut keys = Vec::new();
+    for (section, values) in &table {
+        for (name, value) in values.as_table().into_iter().flatten() {
+            let kind = match value {
+                toml::Value::String(text) if text.parse::<Dur>().is_ok() => Numeric::Duration,
+                toml::Value::String(text) if text.parse::<Size>().is_ok() => Numeric::Size,
+                toml::Value::Integer(_) => Numeric::Count,
+                toml::Value::Float(_) => Numeric::Ratio,
+                toml::Value::Array(items) if items.first().is_some_and(toml::Value::is_integer) => Numeric::Statuses,
+                _ => continue,
+            };
+            keys.push((format!("{section}.{name}"), kind));
+        }
+    }
+    assert!(keys.len() >= 20, "{keys:?}");
+    keys
+}
+
+/// Numbers an operator (or a typo) could write: small ones, the whole range,
+/// and the edges of the integer types.
+fn any_number() -> impl Strategy<Value = u64> {
+    let edges = vec![
+        0,
+        1,
+        i32::MAX as u64 - 1,
+        i32::MAX as u64,
+        i32::MAX as u64 + 1,
+        u32::MAX as u64,
+        i64::MAX as u64,
+        u64::MAX,
+    ];
+    prop_oneof![
+        3 => 0u64..100_000,
+        1 => any::<u32>().prop_map(u64::from),
+        1 => any::<u64>(),
+        3 => prop::sample::select(edges),
+    ]
+}
+
+/// TOML values for a key of kind `kind`, valid or not.
+fn value_of(kind: Numeric) -> BoxedStrategy<String> {
+    match kind {
+        Numeric::Duration => {
+            let unit = prop::sample::select(vec!["ns", "ms", "s", "m", "h", "days", "y"]);
+            (any_number(), unit).prop_map(|(n, unit)| format!("\"{n}{unit}\"")).boxed()
+        }
+        Numeric::Size => {
+            let unit = prop::sample::select(vec!["B", "KiB", "MiB", "GiB", ""]);
+            (any_number(), unit).prop_map(|(n, unit)| format!("\"{n}{unit}\"")).boxed()
+        }
+        Numeric::Count => prop_oneof![any_number().prop_map(|n| n.to_string()), Just("-1".to_owned())].boxed(),
+        Numeric::Ratio => prop_oneof![
+            0.0f64..2000.0,
+            any::<f64>(),
+            prop::sample::select(vec![0.0, -0.0, 1e-45, 1e-300, f64::MIN_POSITIVE, 999.999_999_9, 1000.0, f64::MAX]),
+        ]
+        .prop_map(|f| if f.is_nan() { "nan".to_owned() } else { format!("{f:?}") })
+        .boxed(),
+        Numeric::Statuses => prop::collection::vec(any::<u16>(), 0..4).prop_map(|s| format!("{s:?}")).boxed(),
+    }
+}
+
+/// One or two numeric keys set to any value, as `key = value` lines.
+fn numeric_settings() -> impl Strategy<Value = Vec<String>> {
+    prop::sample::subsequence(numeric_keys(), 1..=2).prop_flat_map(|chosen| {
+        chosen
+            .into_iter()
+            .map(|(key, kind)| value_of(kind).prop_map(move |value| format!("{key} = {value}")))
+            .collect::<Vec<_>>()
+    })
+}
+
+/// The configuration of a proxy on port 0 in front of a Truedat that is
+/// never there, with `lines` on top, as the binary reads it; `None` when
+/// it does not parse or does not validate.
+fn accepted(lines: &[String]) -> Option<Config> {
+    let mut text = String::from(
+        "listen.address = \"127.0.0.1:0\"\nadmin.address = \"127.0.0.1:0\"\nupstream.url = \"http://127.0.0.1:1\"\n\
+         credentials.user_name = \"svc\"\ncredentials.password = \"pw\"\n",
+    );
+    for line in lines {
+        text.push_str(line);
+        text.push('\n');
+    }
+    let figment = figment::Figment::from(figment::providers::Serialized::defaults(Config::default()))
+        .merge(<figment::providers::Toml as figment::providers::Format>::string(&text));
+    let config = figment.extract::<Config>().ok()?;
+    config.validate().is_ok().then_some(config)
+}
+
+thread_local! {
+    /// Panics on this thread, counted by the hook `count_panics` installs:
+    /// the proxy's tasks run on the current-thread runtime of the case, and
+    /// tokio turns a task's panic into an error nobody may look at.
+    static PANICS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Chains a panic hook that counts each panic in `PANICS`, once per process.
+fn count_panics() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.with(|count| count.set(count.get() + 1));
+            previous(info);
+        }));
+    });
+}
+
+/// The status lines `GET /healthz` on the admin listener and `TRACE /` on
+/// the proxy listener were answered with (empty when a timeout of the
+/// configuration closed the connection first).
+type Answers = (String, String);
+
+/// Builds every part of the proxy from `config` and serves one request on
+/// each listener, as the binary would; `Err` says what failed. Truedat is
+/// never reached, so nothing waits for long.
+fn runs(config: Config) -> Result<Answers, String> {
+    count_panics();
+    let before = PANICS.with(std::cell::Cell::get);
+    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve_once(config)))
+        .unwrap_or_else(|_| Err("a panic while building".to_owned()));
+    let panics = PANICS.with(std::cell::Cell::get) - before;
+    if panics > 0 {
+        return Err(format!("{panics} panic(s) while building or serving"));
+    }
+    served
+}
+
+fn serve_once(config: Config) -> Result<Answers, String> {
+    let _ = RetryPolicy::new(&config.retry);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let served = runtime.block_on(async {
+        let app = App::build(config).await.map_err(|e| format!("a valid configuration did not build: {e}"))?;
+        let bound = app.bound();
+        let running = tokio::spawn(app.run(CancellationToken::new()));
+        // Whatever the timeouts make of these exchanges, they run the
+        // accept loops and hyper's connection builders.
+        let status_line = |text: String| text.lines().next().unwrap_or_default().to_owned();
+        let admin = raw_exchange(bound.admin, b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
+        let proxy = raw_exchange(bound.proxy, b"TRACE / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
+        if running.is_finished() {
+            return Err("the proxy stopped by itself".to_owned());
+        }
+        Ok((status_line(admin), status_line(proxy)))
+    });
+    drop(runtime);
+    served
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1024, ..config() })]
+
+    /// SPEC §1: whatever `--check-config` accepts, the proxy starts with.
+    #[test]
+    fn whatever_validation_accepts_builds_and_serves_without_a_panic(lines in numeric_settings()) {
+        if let Some(config) = accepted(&lines) {
+            let ran = runs(config);
+            prop_assert!(ran.is_ok(), "{:?}: {:?}", lines, ran);
+        }
+    }
+}
+
+/// The harness above does serve: with the defaults, both listeners answer.
+#[test]
+fn the_default_configuration_answers_on_both_listeners() {
+    let config = accepted(&[]).expect("the defaults are valid");
+    let (admin, proxy) = runs(config).expect("the defaults run");
+    assert_eq!((admin.as_str(), proxy.as_str()), ("HTTP/1.1 200 OK", "HTTP/1.1 405 Method Not Allowed"));
+}
+
+/// The edges of every numeric key, one key at a time: each is refused by
+/// validation or runs (the property above samples combinations).
+#[test]
+fn every_numeric_key_at_its_edges_is_refused_or_runs() {
+    let counts = ["0", "1", "2147483646", "2147483647", "4294967295", "9223372036854775807", "-1"];
+    let durations =
+        ["\"0s\"", "\"1ns\"", "\"2147483647s\"", "\"4294967295ms\"", "\"366days\"", "\"18446744073709551615ns\""];
+    let sizes = ["\"0B\"", "\"1B\"", "\"2147483647B\"", "\"4294967295B\"", "\"1024GiB\""];
+    let ratios = ["0.0", "1e-45", "1e-300", "1000.0", "1000.0001", "1.7976931348623157e308", "inf"];
+    let statuses = ["[]", "[0]", "[65535]", "[400, 599]"];
+    let mut failures = Vec::new();
+    for (key, kind) in numeric_keys() {
+        let values: &[&str] = match kind {
+            Numeric::Duration => &durations,
+            Numeric::Size => &sizes,
+            Numeric::Count => &counts,
+            Numeric::Ratio => &ratios,
+            Numeric::Statuses => &statuses,
+        };
+        for value in values {
+            let line = format!("{key} = {value}");
+            if let Some(config) = accepted(std::slice::from_ref(&line)) {
+                if let Err(error) = runs(config) {
+                    failures.push(format!("{line}: {error}"));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 // ---------------------------------------------------------------------------

@@ -333,3 +333,84 @@ async fn an_unreadable_or_garbage_ca_file_is_a_configuration_error() {
     let (code, stderr) = check_config(&path_line("ca_file", valid.file())).await;
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+/// `text` cut in the middle, as a writer killed half-way leaves a file.
+fn first_half(text: &[u8]) -> String {
+    String::from_utf8(text[..text.len() / 2].to_vec()).expect("PEM is ASCII")
+}
+
+/// SPEC §4 "TLS material": one PEM block that does not parse makes the
+/// whole file invalid (never silently skipped), and so does a file without
+/// a certificate, or a key that does not fit: at startup (`--check-config`
+/// and a normal start) that is exit 2 with one line naming the key.
+#[tokio::test]
+async fn a_file_with_one_bad_pem_block_is_a_configuration_error_naming_its_key() {
+    let (truedat_ca, new_ca) = (Ca::new("Truedat CA"), Ca::new("new CA"));
+    let new_pem = String::from_utf8(new_ca.pem()).expect("PEM is ASCII");
+    let leaf = new_ca.client_cert("svc-proxy");
+    let cert_pem = String::from_utf8(leaf.cert_pem()).expect("PEM is ASCII");
+    let key_pem = String::from_utf8(leaf.key_pem()).expect("PEM is ASCII");
+    let bad_base64 = "-----BEGIN CERTIFICATE-----\nMIIB!!not*base64\n-----END CERTIFICATE-----\n";
+    let other_kind = "-----BEGIN TRUSTED CERTIFICATE-----\nbm90IHJlYWQ=\n-----END TRUSTED CERTIFICATE-----\n";
+    let other_key = String::from_utf8(new_ca.client_cert("someone-else").key_pem()).expect("PEM is ASCII");
+    // (what, CA file, client certificate file, client key file, the key named)
+    let cases = [
+        (
+            "a CA bundle cut short",
+            Some(format!("{new_pem}{}", first_half(&truedat_ca.pem()))),
+            None,
+            None,
+            "upstream.ca_file",
+        ),
+        ("a CA block that is not base64", Some(format!("{new_pem}{bad_base64}")), None, None, "upstream.ca_file"),
+        ("a CA block of a kind not read", Some(format!("{new_pem}{other_kind}")), None, None, "upstream.ca_file"),
+        ("a CA file of text only", Some("subject=CN = nothing\n".to_owned()), None, None, "upstream.ca_file"),
+        (
+            "a chain cut short",
+            None,
+            Some(format!("{cert_pem}{}", first_half(&new_ca.pem()))),
+            Some(key_pem.clone()),
+            "upstream.client_cert_file",
+        ),
+        (
+            "a certificate file without a certificate",
+            None,
+            Some(key_pem.clone()),
+            Some(key_pem.clone()),
+            "upstream.client_cert_file",
+        ),
+        (
+            "a key followed by half a block",
+            None,
+            Some(cert_pem.clone()),
+            Some(format!("{key_pem}{}", first_half(key_pem.as_bytes()))),
+            "upstream.client_key_file",
+        ),
+        ("two keys", None, Some(cert_pem.clone()), Some(format!("{key_pem}{other_key}")), "upstream.client_key_file"),
+        ("a key that does not fit", None, Some(cert_pem.clone()), Some(other_key.clone()), "upstream.client_key_file"),
+    ];
+    let mut failures = Vec::new();
+    for (what, ca, cert, key, needle) in &cases {
+        let files: Vec<(&str, tempfile::NamedTempFile)> =
+            [("ca_file", ca), ("client_cert_file", cert), ("client_key_file", key)]
+                .into_iter()
+                .filter_map(|(key, text)| text.as_deref().map(|text| (key, pki::pem_file(text))))
+                .collect();
+        let lines: Vec<String> = files.iter().map(|(key, file)| path_line(key, file.path())).collect();
+        let (code, stderr) = check_config(&lines.join("\n")).await;
+        if code != Some(2) || stderr.lines().count() != 1 || !stderr.contains(needle) {
+            failures.push(format!("{what}: expected exit 2 and one line naming {needle}; got {code:?}: {stderr}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // A normal start refuses the cut bundle the same way (no proxy runs).
+    let ca = pki::pem_file(&format!("{new_pem}{}", first_half(&truedat_ca.pem())));
+    let toml =
+        format!("{}\n{}", binary_toml("https://truedat.example.com", &[]), path_line("upstream.ca_file", ca.path()));
+    let file = config_file(&toml);
+    let (status, _stdout, stderr) = run_binary(&["--config", file.path().to_str().expect("UTF-8")], &[]).await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("upstream.ca_file"), "{stderr}");
+}

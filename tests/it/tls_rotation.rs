@@ -226,3 +226,49 @@ async fn without_a_client_certificate_no_expiry_is_exported() {
     ready(&client, &proxy).await;
     assert_eq!(expiry_gauge(&client, &proxy).await, None);
 }
+
+/// Issue #16: a bundle holding a new CA followed by half of Truedat's CA
+/// (a writer cut short) was logged as reloaded, and every new connection
+/// then failed with `UnknownIssuer`. One bad block makes the file invalid:
+/// one error line, and the previous material stays in use.
+#[tokio::test]
+async fn a_ca_bundle_cut_short_keeps_the_previous_material_with_one_error_line() {
+    let (truedat_ca, new_ca) = (Ca::new("Truedat CA"), Ca::new("new CA"));
+    let tls = pki::server_config(&truedat_ca.server_cert("localhost"), ALPN_BOTH);
+    let fake = FakeTruedat::start_tls(FakeConfig::default(), tls).await;
+    let ca_file = pki::pem_file(&String::from_utf8(truedat_ca.pem()).expect("PEM is ASCII"));
+    let extra = [
+        format!("upstream.ca_file = {}", toml::Value::String(ca_file.path().display().to_string())),
+        "upstream.pool_idle_timeout = \"10ms\"".to_owned(),
+        "retry.window = \"0s\"".to_owned(),
+    ];
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let mut proxy = BinaryProxy::spawn(&binary_toml(&fake.url(), &extra), &[]).await;
+    let client = Client::new();
+    ready(&client, &proxy).await;
+
+    let truedat_pem = truedat_ca.pem();
+    let cut = [new_ca.pem(), truedat_pem[..truedat_pem.len() / 2].to_vec()].concat();
+    std::fs::write(ca_file.path(), cut).expect("rewriting the CA file");
+    let errors = || log_lines(&proxy.output(), "ERROR", "TLS material changed but cannot be used");
+    assert!(wait_until(PATIENCE, || async { errors() == 1 }).await, "no error line:\n{}", proxy.output());
+    assert!(proxy.output().contains("upstream.ca_file"), "{}", proxy.output());
+    // Three checks of the binary (every 2 s): each new connection still
+    // trusts Truedat's CA, and the error is not repeated.
+    let until = std::time::Instant::now() + Duration::from_secs(6);
+    while std::time::Instant::now() < until {
+        let reply = client.get(&proxy.url("/api/data")).await;
+        assert_eq!(reply.status, 200, "{}\n{}", reply.text(), proxy.output());
+        assert_eq!(errors(), 1, "{}", proxy.output());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(log_lines(&proxy.output(), "INFO", "TLS material reloaded"), 0, "{}", proxy.output());
+
+    // The whole bundle once the writer is done: reloaded, and still trusted.
+    std::fs::write(ca_file.path(), [new_ca.pem(), truedat_ca.pem()].concat()).expect("rewriting the CA file");
+    let reloaded = || log_lines(&proxy.output(), "INFO", "TLS material reloaded") == 1;
+    assert!(wait_until(PATIENCE, || async { reloaded() }).await, "{}", proxy.output());
+    assert_eq!(client.get(&proxy.url("/api/data")).await.status, 200);
+    proxy.signal("TERM");
+    assert!(proxy.wait_exit(PATIENCE).await.success(), "{}", proxy.output());
+}

@@ -4,7 +4,11 @@
 //! `admin.address` or `--timeout`. Only `admin.address` is read, from the
 //! file and the environment, so an environment with nothing else works.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 use crate::support::fake_truedat::LoginMode;
 use crate::support::proxy::{BINARY, TestProxy, config_file, fake, run_binary};
@@ -141,4 +145,50 @@ async fn the_rest_of_the_configuration_is_not_read() {
     let (code, lines) = wait(&["--config", path, "--timeout", "0s"], &[]).await;
     assert_eq!(code, Some(1), "{lines:?}");
     assert!(lines[0].contains(&format!("127.0.0.1:{port}")), "{lines:?}");
+}
+
+/// An admin port that answers every request with `status` and `body`
+/// (JSON), then closes; for answers no real proxy gives.
+async fn fake_admin(status: &'static str, body: String) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding a loopback port");
+    let addr = listener.local_addr().expect("a bound listener has an address");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let answer = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// SPEC §1: the reason `wait` prints is one line, whatever the `/readyz`
+/// detail holds: a newline or a terminal escape sequence in it is escaped.
+#[tokio::test]
+async fn control_characters_in_the_readyz_detail_are_escaped_on_one_line() {
+    let detail = "first line\nsecond line \u{1b}[31mred\u{1b}[0m\r\tend\u{7f}";
+    let body = serde_json::json!({ "errors": { "detail": detail } }).to_string();
+    let addr = fake_admin("503 Service Unavailable", body).await.to_string();
+    let (code, lines) = wait(&["--timeout", "0s"], &[("TRUEDAT_PROXY_ADMIN__ADDRESS", &addr)]).await;
+    assert_eq!(code, Some(1), "{lines:?}");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let line = &lines[0];
+    assert!(!line.chars().any(char::is_control), "{line:?}");
+    assert!(
+        line.contains(r"first line\nsecond line \u{1b}[31mred\u{1b}[0m\r\tend\u{7f}"),
+        "the detail is not shown escaped: {line:?}"
+    );
+    assert!(line.contains("503"), "{line:?}");
 }
