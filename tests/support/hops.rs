@@ -6,10 +6,11 @@
 
 use std::fmt;
 
+use http::Version;
 use truedat_auth_proxy::config::Config;
 
-use super::fake_truedat::{FakeConfig, FakeTruedat};
-use super::proxy::TestProxy;
+use super::fake_truedat::{FakeConfig, FakeTruedat, RecordedRequest};
+use super::proxy::{TestProxy, binary_toml};
 use super::tls::{ALPN_H2_HTTP1, CA_FILE, server_config};
 
 /// How the proxy reaches the fake.
@@ -38,6 +39,43 @@ impl Hop {
         if self == Hop::Http2 {
             config.upstream.ca_file = Some(CA_FILE.into());
         }
+    }
+
+    /// A TOML configuration for the real binary in front of `fake` over this
+    /// hop, then each line of `extra` (see [`binary_toml`]).
+    pub fn binary_toml(self, fake: &FakeTruedat, extra: &[&str]) -> String {
+        let ca_file = format!("upstream.ca_file = {}", toml::Value::String(CA_FILE.to_owned()));
+        let mut lines = extra.to_vec();
+        if self == Hop::Http2 {
+            lines.push(&ca_file);
+        }
+        binary_toml(&fake.url(), &lines)
+    }
+
+    /// The HTTP version requests reach Truedat in over this hop.
+    pub fn version(self) -> Version {
+        match self {
+            Hop::Http1 => Version::HTTP_11,
+            Hop::Http2 => Version::HTTP_2,
+        }
+    }
+
+    /// Every data request `fake` received, in order; panics if one came in
+    /// another HTTP version than this hop's, so that a test cannot pass on
+    /// the other path by mistake.
+    pub fn data_requests(self, fake: &FakeTruedat) -> Vec<RecordedRequest> {
+        let requests = fake.data_requests();
+        for request in &requests {
+            let (method, uri, version) = (&request.method, &request.uri, request.version);
+            assert_eq!(version, self.version(), "{self}: {method} {uri} reached Truedat as {version:?}");
+        }
+        requests
+    }
+
+    /// Data requests to `path` that reached `fake`, checked as in
+    /// [`data_requests`](Self::data_requests).
+    pub fn tries(self, fake: &FakeTruedat, path: &str) -> usize {
+        self.data_requests(fake).iter().filter(|r| r.uri.path() == path).count()
     }
 
     /// A default fake over this hop and a proxy ready in front of it, after

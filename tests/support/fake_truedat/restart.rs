@@ -1,6 +1,7 @@
 //! td-auth restarting: the listener closes (connections are refused, open ones are
 //! cut) and later opens again on the same port, while sessions, switches and counters
-//! live on, as they do in Redis and in the rest of Truedat. Plain HTTP only.
+//! live on, as they do in Redis and in the rest of Truedat. An HTTPS fake comes back
+//! with the TLS configuration it started with.
 //!
 //! While it is down the port stays reserved ([`ReservedPort`]): bound, not listening,
 //! so connections are refused and no other test (running in parallel, binding port 0)
@@ -82,17 +83,17 @@ impl FakeTruedat {
         ReservedPort::at(addr).await.expect("the port the fake just closed can be reserved")
     }
 
-    /// Listens on the same address again, with everything the fake remembered. Another
-    /// socket may briefly hold the port; binding is retried for a few seconds.
+    /// Listens on the same address again, with everything the fake remembered (over
+    /// TLS as before, if it served HTTPS). Another socket may briefly hold the port;
+    /// binding is retried for a few seconds.
     ///
     /// # Panics
-    /// On a TLS fake (its acceptor is not kept), or when still listening.
+    /// When still listening.
     pub async fn listen_again(&mut self) -> io::Result<()> {
-        assert!(!self.tls, "listen_again serves plain HTTP only");
         assert!(self.accept_task.is_none(), "listen_again needs stop_listening first");
         self.reserved = None;
         let listener = bind_patiently(self.addr).await?;
-        let accept_loop = server::accept_loop(listener, None, Arc::clone(&self.state), self.stop.clone());
+        let accept_loop = server::accept_loop(listener, self.tls.clone(), Arc::clone(&self.state), self.stop.clone());
         self.accept_task = Some(tokio::spawn(accept_loop));
         Ok(())
     }
