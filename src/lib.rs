@@ -23,7 +23,8 @@
 //! `/quitquitquit`), [`tls`] (the CA and client certificate, reloaded when
 //! their files change) and [`app`], which binds, runs and shuts down in order.
 //! [`wait`] is the `wait` subcommand: a start-order hold for pods without
-//! native sidecars.
+//! native sidecars. [`inject`] is the `inject` subcommand, which adds the
+//! proxy to other workloads' manifests; nothing on the proxy's path uses it.
 
 #![forbid(unsafe_code)]
 
@@ -35,6 +36,7 @@ pub mod body;
 pub mod config;
 pub mod error;
 pub mod headers;
+pub mod inject;
 pub mod link;
 pub mod origin;
 pub mod paths;
