@@ -39,6 +39,7 @@ declare -A KUSTOMIZATIONS=(
     [overlays/monitoring]="native 1.29 1.37"
     [overlays/no-native-sidecar]="regular 1.25 1.37"
     [overlays/job]="regular 1.25 1.37"
+    [overlays/component-example]="native 1.29 1.37"
 )
 # Custom resources kubernetes-validate has no schema for: "Kind apiVersion".
 CRD_KINDS=("PodMonitor monitoring.coreos.com/v1" "PrometheusRule monitoring.coreos.com/v1")
