@@ -103,9 +103,7 @@ impl Serialize for Node {
 fn json_key(key: &Scalar) -> String {
     match key.value() {
         Value::Str(text) => text.to_owned(),
-        _ => match key.canonical() {
-            Scalar::Plain(t) | Scalar::Str(t) | Scalar::Number(t) => t,
-        },
+        _ => key.canonical().text().to_owned(),
     }
 }
 

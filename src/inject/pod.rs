@@ -56,19 +56,7 @@ pub fn inject(template: &mut Map, plan: &Plan<'_>, batch: bool) -> Result<Outcom
     changes.extend(place_container(spec, sidecar)?);
     changes.extend(add_volumes(spec, sidecar)?);
     let mut notes = Vec::new();
-    match spec.get("securityContext").and_then(|sc| sc.as_map()?.scalar("fsGroup")) {
-        None => {
-            let sc = spec.map_entry("securityContext", None).ok_or(Refusal("securityContext is not a map".into()))?;
-            sc.set("fsGroup", Node::Scalar(sidecar.fs_group.clone()), None);
-            changes.push(format!("fsGroup {}", text(&sidecar.fs_group)));
-        }
-        Some(group) if group.same(&sidecar.fs_group) => {}
-        Some(group) => notes.push(format!(
-            "the pod's fsGroup {} is kept: the Secret's file gets that group (mode 0440), which every container \
-             of the pod, the proxy included, holds as a supplementary group",
-            text(group)
-        )),
-    }
+    changes.extend(set_fs_group(spec, sidecar, &mut notes)?);
     let tools = tool_containers(spec)?;
     changes.extend(no_proxy(tools, &mut notes));
     let tools = tool_containers(spec)?;
@@ -84,6 +72,27 @@ pub fn inject(template: &mut Map, plan: &Plan<'_>, batch: bool) -> Result<Outcom
     Ok(if changes.is_empty() { Outcome::Unchanged(notes) } else { Outcome::Injected(changes, notes) })
 }
 
+/// The base's `fsGroup`, so the proxy can read the Secret's file, when the
+/// pod has none; a pod's own is kept (it serves as well), with a note.
+fn set_fs_group(spec: &mut Map, sidecar: &Sidecar, notes: &mut Vec<String>) -> Result<Option<String>, Refusal> {
+    match spec.get("securityContext").and_then(|sc| sc.as_map()?.scalar("fsGroup")) {
+        None => {
+            let sc = spec.map_entry("securityContext", None).ok_or(Refusal("securityContext is not a map".into()))?;
+            sc.set("fsGroup", Node::Scalar(sidecar.fs_group.clone()), None);
+            Ok(Some(format!("fsGroup {}", sidecar.fs_group.text())))
+        }
+        Some(group) if group.same(&sidecar.fs_group) => Ok(None),
+        Some(group) => {
+            notes.push(format!(
+                "the pod's fsGroup {} is kept: the Secret's file gets that group (mode 0440), which every container \
+                 of the pod, the proxy included, holds as a supplementary group",
+                group.text()
+            ));
+            Ok(None)
+        }
+    }
+}
+
 /// Why the pod is skipped, if it is: annotated `"false"`, or not annotated
 /// `"true"` under `--only-annotated`.
 fn opted_out(template: &Map, only_annotated: bool) -> Option<String> {
@@ -97,12 +106,6 @@ fn opted_out(template: &Map, only_annotated: bool) -> Option<String> {
         Some(Value::Str("true") | Value::Bool(true)) => None,
         _ if only_annotated => Some(format!("not annotated {ANNOTATION}: \"true\" (--only-annotated)")),
         _ => None,
-    }
-}
-
-fn text(s: &Scalar) -> &str {
-    match s {
-        Scalar::Plain(t) | Scalar::Str(t) | Scalar::Number(t) => t,
     }
 }
 

@@ -112,15 +112,25 @@ fn is_marker(line: &str, marker: &str) -> bool {
 }
 
 /// The pieces of a YAML stream between document markers, each with the
-/// 1-based line it starts on.
+/// 1-based line it starts on. Directives (`%YAML`) before a `---` belong to
+/// the document that `---` starts.
 fn chunks(text: &str) -> Vec<(&str, usize)> {
     let mut chunks = Vec::new();
     let (mut start, mut start_line, mut offset) = (0, 1, 0);
+    // Where the directives just before the next `---` begin, if any.
+    let mut directives: Option<(usize, usize)> = None;
     for (number, line) in text.split_inclusive('\n').enumerate() {
         let bare = line.trim_end_matches(['\n', '\r']);
-        if is_marker(bare, "---") && offset > start {
-            chunks.push((&text[start..offset], start_line));
-            (start, start_line) = (offset, number + 1);
+        if is_marker(bare, "---") {
+            let (split, split_line) = directives.take().unwrap_or((offset, number + 1));
+            if split > start {
+                chunks.push((&text[start..split], start_line));
+                (start, start_line) = (split, split_line);
+            }
+        } else if bare.starts_with('%') {
+            directives.get_or_insert((offset, number + 1));
+        } else if !bare.trim().is_empty() && !bare.trim_start().starts_with('#') {
+            directives = None;
         }
         offset += line.len();
         if is_marker(bare, "...") {
@@ -151,7 +161,9 @@ fn yaml_documents(name: &str, text: &str) -> Result<Vec<Document>, InputError> {
         let Some((node, line)) = parsed.pop() else {
             continue;
         };
-        let marked = chunk.lines().next().is_some_and(|l| is_marker(l.trim_end_matches('\r'), "---"));
+        // A chunk that opens with `---` (or directives and `---`) keeps it.
+        let marked =
+            chunk.lines().next().is_some_and(|l| is_marker(l.trim_end_matches('\r'), "---") || l.starts_with('%'));
         let mut text = if marked { chunk.to_owned() } else { format!("---\n{chunk}") };
         if !text.ends_with('\n') {
             text.push('\n');
@@ -161,11 +173,15 @@ fn yaml_documents(name: &str, text: &str) -> Result<Vec<Document>, InputError> {
     Ok(documents)
 }
 
-/// The comment (and blank) lines at the top of a chunk, after its `---`.
+/// The comment (and blank) lines at the top of a chunk, after its
+/// directives and `---`.
 fn opening_comments(chunk: &str, marked: bool) -> String {
-    chunk
-        .split_inclusive('\n')
-        .skip(usize::from(marked))
+    let mut lines = chunk.split_inclusive('\n').peekable();
+    if marked {
+        while lines.next_if(|l| l.starts_with('%') || l.trim().is_empty() || l.starts_with('#')).is_some() {}
+        lines.next_if(|l| is_marker(l.trim_end_matches(['\n', '\r']), "---"));
+    }
+    lines
         .take_while(|line| line.trim().is_empty() || line.trim_start().starts_with('#'))
         .filter(|line| !line.trim().is_empty())
         .map(|line| if line.ends_with('\n') { line.to_owned() } else { format!("{line}\n") })
@@ -189,6 +205,16 @@ mod tests {
         assert_eq!(docs[1].comments, "# Source: b.yaml\n");
         assert_eq!(docs[2].text, "--- # c\nkind: C\n...\n");
         assert_eq!(docs[2].line, 7);
+    }
+
+    #[test]
+    fn directives_go_with_the_document_they_open() {
+        let text = "kind: A\n...\n%YAML 1.1\n---\n# c\nkind: B\n";
+        let (_, docs) = read("x", text).unwrap();
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[1].text, "%YAML 1.1\n---\n# c\nkind: B\n");
+        assert_eq!(docs[1].comments, "# c\n");
+        assert_eq!(docs[1].line, 6);
     }
 
     #[test]

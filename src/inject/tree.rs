@@ -66,6 +66,13 @@ impl Scalar {
         }
     }
 
+    /// The text as written.
+    pub fn text(&self) -> &str {
+        match self {
+            Scalar::Plain(text) | Scalar::Str(text) | Scalar::Number(text) => text,
+        }
+    }
+
     /// The text when the scalar means a string.
     pub fn as_str(&self) -> Option<&str> {
         match self.value() {

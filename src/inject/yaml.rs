@@ -122,7 +122,7 @@ impl Builder {
                     return Err(SyntaxError::at(span, "a mapping key must be a scalar in a Kubernetes manifest"));
                 };
                 if !seen.insert(k.identity()) {
-                    return Err(SyntaxError::at(span, format!("duplicate key {}", key_text(&k))));
+                    return Err(SyntaxError::at(span, format!("duplicate key {}", k.text())));
                 }
                 *key = Some((k, span));
             }
@@ -132,12 +132,6 @@ impl Builder {
             }
         }
         Ok(())
-    }
-}
-
-fn key_text(key: &Scalar) -> &str {
-    match key {
-        Scalar::Plain(t) | Scalar::Str(t) | Scalar::Number(t) => t,
     }
 }
 

@@ -20,7 +20,8 @@ Usage (tests/deploy/validate.sh runs it, with kubectl on PATH):
 4. components/sidecar: tests/deploy/inject/kustomization.yaml rendered with
    the component, less what the component adds, equals the fixtures rendered
    without it; its container is inject's, its volumes are inject's but for
-   the Secret's mode; unlabelled workloads are left alone.
+   the Secret's mode; unlabelled workloads are left alone; the component on
+   its own output changes nothing.
 5. Writes the outputs to --out (native.yaml, regular.yaml, component.yaml,
    Lists flattened into their items) for kubernetes-validate.
 
@@ -293,6 +294,12 @@ def check_component(binary: str, native: tuple[dict, list[dict]], report: Report
                              "the Secret's mode is not 0444 (the component sets no fsGroup)")
                 v["secret"]["defaultMode"] = 0o440
         report.check(ours == volumes, f"{where}: {obj_name}", f"the component's volumes are not inject's: {ours}")
+    with tempfile.TemporaryDirectory() as again_dir:
+        with open(os.path.join(again_dir, "rendered.yaml"), "w", encoding="utf-8") as f:
+            yaml.safe_dump_all(rendered, f)
+        with open(os.path.join(again_dir, "kustomization.yaml"), "w", encoding="utf-8") as f:
+            yaml.safe_dump({"resources": ["rendered.yaml"], "components": [os.path.relpath(COMPONENT, again_dir)]}, f)
+        report.check(render(again_dir) == rendered, where, "the component on its own output changes it: not idempotent")
     outputs["component"].extend(rendered)
 
 
