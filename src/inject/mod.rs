@@ -103,6 +103,11 @@ pub fn tool_url() -> String {
     format!("http://{}", crate::config::Listen::default().address)
 }
 
+/// The port of the proxy's default listen address.
+fn listen_port() -> u16 {
+    crate::config::Listen::default().address.port()
+}
+
 /// Injects into every input, in order.
 pub fn run(options: &Options, inputs: &[Input]) -> Result<Output, Error> {
     let sidecar = sidecar::build(&options.sidecar).map_err(Error::Embedded)?;
@@ -111,6 +116,7 @@ pub fn run(options: &Options, inputs: &[Input]) -> Result<Output, Error> {
         sidecar: &sidecar,
         tool_env: &options.tool_env,
         tool_url: &url,
+        listen_port: listen_port(),
         only_annotated: options.only_annotated,
     };
     let mut sources = Vec::new();

@@ -19,6 +19,8 @@ pub struct Plan<'a> {
     /// `--tool-env` names, set to `tool_url` in the tool's containers.
     pub tool_env: &'a [String],
     pub tool_url: &'a str,
+    /// The proxy listener's port (its default configuration's).
+    pub listen_port: u16,
     pub only_annotated: bool,
 }
 
@@ -57,6 +59,7 @@ pub fn inject(template: &mut Map, plan: &Plan<'_>, batch: bool) -> Result<Outcom
     changes.extend(add_volumes(spec, sidecar)?);
     let mut notes = Vec::new();
     changes.extend(set_fs_group(spec, sidecar, &mut notes)?);
+    note_port_clashes(spec, plan, &mut notes);
     let tools = tool_containers(spec)?;
     changes.extend(no_proxy(tools, &mut notes));
     let tools = tool_containers(spec)?;
@@ -196,6 +199,35 @@ fn tool_containers(spec: &mut Map) -> Result<Vec<(String, &mut Map)>, Refusal> {
         }
     }
     Ok(tools)
+}
+
+/// A note for each container port of the tool that the proxy also listens
+/// on: the containers share one network namespace, so one of them could not
+/// bind it.
+fn note_port_clashes(spec: &Map, plan: &Plan<'_>, notes: &mut Vec<String>) {
+    let ports = |container: &Node| -> Vec<i128> {
+        let declared = container.at(&["ports"]).and_then(Node::as_seq).map(Vec::as_slice).unwrap_or_default();
+        declared
+            .iter()
+            .filter_map(|p| match p.at(&["containerPort"])?.as_scalar()?.value() {
+                Value::Int(port) => Some(port),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut ours = ports(&plan.sidecar.container);
+    ours.push(i128::from(plan.listen_port));
+    for list in ["initContainers", "containers"] {
+        for container in spec.get(list).and_then(Node::as_seq).into_iter().flatten() {
+            let name = name_of(container).unwrap_or("?");
+            for port in ports(container).into_iter().filter(|p| name != PROXY && ours.contains(p)) {
+                notes.push(format!(
+                    "container {name} declares port {port}, which the proxy listens on too (its config.toml's \
+                     listen.address or admin.address): change one of them, or the second to start cannot bind it"
+                ));
+            }
+        }
+    }
 }
 
 fn env_names(container: &Map) -> Vec<&str> {

@@ -317,6 +317,10 @@ fn the_native_sidecar_follows_the_pods_own_init_containers() {
         "{:?}",
         run.stderr
     );
+    // The chart's report container declares 8080, where the proxy listens.
+    let clash =
+        "Deployment/release-reporting: note: container report declares port 8080, which the proxy listens on too";
+    assert!(run.stderr.iter().any(|l| l.starts_with(clash)), "{:?}", run.stderr);
     // Without one, the base's fsGroup is set.
     let run = inject(&[&format!("{FIXTURES}/statefulset.yaml")], "");
     let docs = parse(&run.stdout);
