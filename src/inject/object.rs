@@ -85,3 +85,28 @@ pub fn visit(object: &mut Node, plan: &Plan<'_>, lines: &mut Vec<String>) -> Res
 fn invalid(what: &str) -> Problem {
     Problem::Invalid(format!("{what}: a Kubernetes manifest is a mapping with apiVersion and kind"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_core_groups_kinds_hold_pod_templates() {
+        assert_eq!(template_path("", "Pod"), Some(&[][..]));
+        assert_eq!(template_path("apps", "StatefulSet"), Some(&["spec", "template"][..]));
+        assert_eq!(template_path("extensions", "Deployment"), Some(&["spec", "template"][..]));
+        assert_eq!(template_path("batch", "CronJob"), Some(&["spec", "jobTemplate", "spec", "template"][..]));
+        // Same kind names, other shapes: a Volcano Job, an OpenShift DeploymentConfig's cousin.
+        assert_eq!(template_path("batch.volcano.sh", "Job"), None);
+        assert_eq!(template_path("apps.openshift.io", "Deployment"), None);
+        assert_eq!(template_path("", "Service"), None);
+    }
+
+    #[test]
+    fn objects_are_named_kind_namespace_name() {
+        let doc = |text: &str| crate::inject::yaml::documents(text).unwrap().remove(0).0;
+        assert_eq!(identity(&doc("kind: Pod\nmetadata: {name: a, namespace: b}\n")), "Pod/b/a");
+        assert_eq!(identity(&doc("kind: Job\nmetadata: {generateName: run-}\n")), "Job/run-*");
+        assert_eq!(identity(&doc("kind: Pod\n")), "Pod/<no name>");
+    }
+}
