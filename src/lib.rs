@@ -24,7 +24,9 @@
 //! `/quitquitquit`), [`tls`] (the CA and client certificate, read strictly by
 //! [`pem`] and reloaded when their files change) and [`app`], which binds,
 //! runs and shuts down in order. [`wait`] is the `wait` subcommand: a
-//! start-order hold for pods without native sidecars.
+//! start-order hold for pods without native sidecars. [`inject`] is the
+//! `inject` subcommand, which adds the proxy to other workloads' manifests;
+//! nothing on the proxy's path uses it.
 
 #![forbid(unsafe_code)]
 
@@ -37,6 +39,7 @@ pub mod client_body;
 pub mod config;
 pub mod error;
 pub mod headers;
+pub mod inject;
 pub mod link;
 pub mod origin;
 pub mod paths;

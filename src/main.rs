@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use truedat_auth_proxy::app::{App, Outcome, StartError};
 use truedat_auth_proxy::config::Config;
 use truedat_auth_proxy::units::Dur;
-use truedat_auth_proxy::{telemetry, tls, upstream, wait};
+use truedat_auth_proxy::{inject, telemetry, tls, upstream, wait};
 
 /// Exit code for an invalid configuration or command line (SPEC §1).
 const EXIT_INVALID: u8 = 2;
@@ -46,17 +46,52 @@ enum Command {
         #[arg(long, value_name = "DURATION", default_value = "30s")]
         timeout: String,
     },
+    /// Add the proxy to every pod template of Kubernetes manifests (YAML or
+    /// JSON, from the FILEs or standard input) and write them to standard
+    /// output. Works in a pipe and as a Helm post-renderer.
+    Inject(InjectArgs),
+}
+
+/// `inject`'s options (SPEC §1): what differs from one user to another.
+#[derive(clap::Args, Debug)]
+struct InjectArgs {
+    /// The proxy's image.
+    #[arg(long, value_name = "IMAGE", default_value = concat!("truedat-auth-proxy:", env!("CARGO_PKG_VERSION")), value_parser = inject::names::image)]
+    image: String,
+    /// The Secret holding the service user's password, under the key `password`.
+    #[arg(long, value_name = "NAME", default_value = "truedat-auth-proxy-credentials", value_parser = inject::names::object)]
+    secret: String,
+    /// The ConfigMap holding the proxy's `config.toml`.
+    #[arg(long, value_name = "NAME", default_value = "truedat-auth-proxy-config", value_parser = inject::names::object)]
+    config_map: String,
+    /// For Kubernetes before 1.29: the proxy as the first regular container,
+    /// holding the tool back with a postStart `wait`, instead of a native sidecar.
+    #[arg(long)]
+    no_native_sidecar: bool,
+    /// Set this variable to the proxy's URL (http://127.0.0.1:8080) in the
+    /// tool's containers. Repeatable.
+    #[arg(long, value_name = "NAME", value_parser = inject::names::variable)]
+    tool_env: Vec<String>,
+    /// Only inject pod templates annotated `truedat-auth-proxy/inject: "true"`.
+    #[arg(long)]
+    only_annotated: bool,
+    /// Manifest files; standard input when there are none, or for `-`.
+    #[arg(value_name = "FILE")]
+    files: Vec<PathBuf>,
 }
 
 fn main() -> ExitCode {
     // clap exits 0 for --help/--version and 2 for a bad command line.
     let cli = Cli::parse();
-    if let Some(Command::Wait { config, timeout }) = cli.command {
-        if cli.check_config {
-            eprintln!("truedat-auth-proxy: --check-config does not go with wait");
+    match cli.command {
+        Some(_) if cli.check_config => {
+            eprintln!("truedat-auth-proxy: --check-config goes with no subcommand");
             return ExitCode::from(EXIT_INVALID);
         }
-        return wait_ready(config.or(cli.config).as_deref(), &timeout);
+        Some(Command::Wait { config, timeout }) => return wait_ready(config.or(cli.config).as_deref(), &timeout),
+        // The proxy's --config (or TRUEDAT_PROXY_CONFIG) plays no part in inject.
+        Some(Command::Inject(args)) => return inject_manifests(args),
+        None => {}
     }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
@@ -132,6 +167,47 @@ fn wait_ready(config: Option<&Path>, timeout: &str) -> ExitCode {
             ExitCode::from(EXIT_FATAL)
         }
     }
+}
+
+/// `inject`: 0 with the manifests on stdout; 2, with one line on stderr and
+/// nothing on stdout, for input that does not parse or an object it refuses.
+fn inject_manifests(args: InjectArgs) -> ExitCode {
+    let options = inject::Options {
+        sidecar: inject::Choices {
+            image: args.image,
+            secret: args.secret,
+            config_map: args.config_map,
+            native: !args.no_native_sidecar,
+        },
+        tool_env: args.tool_env,
+        only_annotated: args.only_annotated,
+    };
+    let inputs = match inject::read_inputs(&args.files) {
+        Ok(inputs) => inputs,
+        Err(e) => {
+            eprintln!("truedat-auth-proxy inject: {e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let output = match inject::run(&options, &inputs) {
+        Ok(output) => output,
+        Err(e @ inject::Error::Embedded(_)) => {
+            eprintln!("truedat-auth-proxy inject: {e}");
+            return ExitCode::from(EXIT_FATAL);
+        }
+        Err(e) => {
+            eprintln!("truedat-auth-proxy inject: {e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    if let Err(e) = std::io::Write::write_all(&mut std::io::stdout().lock(), output.stdout.as_bytes()) {
+        eprintln!("truedat-auth-proxy inject: cannot write the manifests: {e}");
+        return ExitCode::from(EXIT_FATAL);
+    }
+    for line in &output.stderr {
+        eprintln!("{line}");
+    }
+    ExitCode::SUCCESS
 }
 
 /// One thread by default (see `runtime.worker_threads` in the README's

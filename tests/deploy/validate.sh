@@ -19,7 +19,17 @@
 # 3. check_manifests.py: what a schema cannot see (ports, Secret path, grace
 #    period, security context, resources...), on the configuration the binary
 #    itself derives with --check-config.
-# 4. check_dashboard.py: the dashboard's datasource variable and PromQL syntax.
+# 4. check_inject.py: `truedat-auth-proxy inject` (native and
+#    --no-native-sidecar) and components/sidecar on the fixtures of
+#    tests/deploy/inject (original fields unchanged, idempotence, refusals,
+#    the same container as deploy/kubernetes/base); their outputs are then
+#    validated against every Kubernetes version from 1.29 to 1.33 and the
+#    newest (and 1.25 without native sidecars). Helm itself cannot be
+#    installed from the registries this runs with: its post-renderer
+#    contract (manifests on stdin, arguments after `inject`, manifests on
+#    stdout) is what these runs use, and tests/it/inject.rs checks Helm's
+#    input and output format.
+# 5. check_dashboard.py: the dashboard's datasource variable and PromQL syntax.
 #    (That its metrics exist is checked against the real /metrics output by
 #    tests/it/deploy.rs, under `cargo test`.)
 #
@@ -39,7 +49,10 @@ declare -A KUSTOMIZATIONS=(
     [overlays/monitoring]="native 1.29 1.37"
     [overlays/no-native-sidecar]="regular 1.25 1.37"
     [overlays/job]="regular 1.25 1.37"
+    [overlays/component-example]="native 1.29 1.37"
 )
+# What inject and components/sidecar write is validated against these.
+INJECT_VERSIONS=(1.29 1.30 1.31 1.32 1.33 1.37)
 # Custom resources kubernetes-validate has no schema for: "Kind apiVersion".
 CRD_KINDS=("PodMonitor monitoring.coreos.com/v1" "PrometheusRule monitoring.coreos.com/v1")
 SECRET_EXAMPLE=deploy/kubernetes/base/secret.example.yaml
@@ -101,6 +114,14 @@ if [[ $(grep -E '^USER ' deploy/Dockerfile | tail -1) == "USER 65532:65532" ]]; 
 else
     fail "Dockerfile: the last USER is not 65532:65532"
 fi
+# inject embeds manifests (include_str! in src/inject/): the build needs them.
+while IFS= read -r embedded; do
+    if grep -qxF "!$embedded" deploy/Dockerfile.dockerignore && grep -qE "^COPY $embedded " deploy/Dockerfile; then
+        pass "Dockerfile: copies $embedded, which inject embeds"
+    else
+        fail "Dockerfile: $embedded is embedded by inject but not in the build context (Dockerfile.dockerignore) or not copied"
+    fi
+done < <(grep -rhoE 'include_str!\("[^"]+"\)' src/inject | sed -E 's/^include_str!\("(\.\.\/)+//; s/"\)$//' | sort -u)
 if grep -qxF '*' deploy/Dockerfile.dockerignore && ! grep -q 'target' <(grep '^!' deploy/Dockerfile.dockerignore); then
     pass "Dockerfile.dockerignore keeps everything but the sources (target/ above all) out of the context"
 else
@@ -177,6 +198,21 @@ if (cd "$TMP/rendered" && "$PY" "$OLDPWD/tests/deploy/check_manifests.py" --bina
 else
     fail "check_manifests.py"
 fi
+
+# ------------------------------------------------------------------ inject --
+echo "== inject and components/sidecar on tests/deploy/inject"
+if "$PY" tests/deploy/check_inject.py --binary "$BIN" --out "$TMP/inject"; then
+    pass "check_inject.py"
+else
+    fail "check_inject.py"
+fi
+for version in "${INJECT_VERSIONS[@]}"; do
+    validate "$TMP/inject/native.yaml" "$version" "inject (native sidecar)"
+    validate "$TMP/inject/component.yaml" "$version" "components/sidecar"
+done
+for version in 1.25 "${INJECT_VERSIONS[@]}"; do
+    validate "$TMP/inject/regular.yaml" "$version" "inject --no-native-sidecar"
+done
 
 # --------------------------------------------------------------- dashboard --
 echo "== deploy/grafana"

@@ -145,7 +145,7 @@ async fn version_and_help_exit_0_and_an_unknown_flag_exits_2() {
 
     let (status, stdout, stderr) = run_binary(&["--help"], &[]).await;
     assert_eq!(status.code(), Some(0), "--help: {stderr}");
-    for flag in ["--config", "--check-config", "--version", "--help", "wait"] {
+    for flag in ["--config", "--check-config", "--version", "--help", "wait", "inject"] {
         assert!(stdout.contains(flag), "--help does not mention {flag}:\n{stdout}");
     }
 

@@ -16,6 +16,7 @@ mod fake_truedat_fleet;
 mod faults;
 mod forwarding;
 mod hardening;
+mod inject;
 mod lifecycle;
 mod links;
 mod operations;
