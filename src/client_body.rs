@@ -15,7 +15,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -35,22 +35,36 @@ pub const LINGER_IDLE: Duration = Duration::from_secs(5);
 pub struct ClientBody {
     /// `None` once dropped.
     body: Option<Incoming>,
-    /// Set once the body was read to its end; shared with [`BodyEnd`].
-    ended: Arc<AtomicBool>,
+    /// How reading the body ended, if it did; shared with [`BodyEnd`].
+    ended: Arc<AtomicU8>,
     /// Whether the rest is read when the body is dropped early. Not for a
     /// client that waits for `100 Continue` (`Expect: 100-continue`) and was
     /// never asked for its body: reading would ask it to send the body.
     linger: bool,
 }
 
-/// Tells the handler whether the client's body was read to its end.
+/// The body is still being read (or not yet).
+const READING: u8 = 0;
+/// The body was read to its end.
+const ENDED: u8 = 1;
+/// Reading the body failed: the client went away mid-upload.
+const FAILED: u8 = 2;
+
+/// Tells the handler how reading the client's body ended.
 #[derive(Clone, Debug)]
-pub struct BodyEnd(Arc<AtomicBool>);
+pub struct BodyEnd(Arc<AtomicU8>);
 
 impl BodyEnd {
     /// Whether the whole body was read from the client.
     pub fn reached(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.0.load(Ordering::Acquire) == ENDED
+    }
+
+    /// Whether the client's body broke off (it went away mid-upload). Over
+    /// HTTP/2 hyper resets the stream without passing on why, so the
+    /// handler asks here instead of in the error.
+    pub fn failed(&self) -> bool {
+        self.0.load(Ordering::Acquire) == FAILED
     }
 }
 
@@ -58,7 +72,7 @@ impl ClientBody {
     /// Wraps the body of a request; `expects_continue` when its client sent
     /// `Expect: 100-continue`.
     pub fn new(body: Incoming, expects_continue: bool) -> (ClientBody, BodyEnd) {
-        let ended = Arc::new(AtomicBool::new(false));
+        let ended = Arc::new(AtomicU8::new(READING));
         let end = BodyEnd(ended.clone());
         (ClientBody { body: Some(body), ended, linger: !expects_continue }, end)
     }
@@ -76,8 +90,11 @@ impl Body for ClientBody {
         // Asked for the body: the client has been told to send it.
         this.linger = true;
         let frame = ready!(Pin::new(&mut *body).poll_frame(cx));
-        if frame.is_none() || body.is_end_stream() {
-            this.ended.store(true, Ordering::Release);
+        match &frame {
+            Some(Err(_)) => this.ended.store(FAILED, Ordering::Release),
+            None => this.ended.store(ENDED, Ordering::Release),
+            Some(Ok(_)) if body.is_end_stream() => this.ended.store(ENDED, Ordering::Release),
+            Some(Ok(_)) => {}
         }
         Poll::Ready(frame)
     }

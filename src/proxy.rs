@@ -22,7 +22,7 @@ use crate::auth::liveness::Liveness;
 use crate::auth::liveness::Session;
 use crate::auth::{Auth, Credential};
 use crate::body::{ProxyBody, Streamed, TruedatBody};
-use crate::client_body::ClientBody;
+use crate::client_body::{BodyEnd, ClientBody};
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::headers::{self, REQUEST_ID};
@@ -81,6 +81,8 @@ struct Sent {
 /// What is sent with every try of one request.
 struct Outgoing<'a> {
     parts: &'a Parts,
+    /// How reading the client's body went, when there is one.
+    body_end: Option<&'a BodyEnd>,
     declared_len: Option<u64>,
     arrived: Instant,
     /// The client connection's own connection to Truedat.
@@ -145,7 +147,7 @@ impl Proxy {
                 (Some(body), Some(end))
             }
         };
-        let forwarded = self.forward(parts, body, &request_id, arrived, &link, &mut exchange).await;
+        let forwarded = self.forward(parts, body, body_end.as_ref(), &request_id, arrived, &link, &mut exchange).await;
         let early = body_end.as_ref().is_some_and(|end| !end.reached());
         let mut response = match forwarded {
             Ok(mut response) => {
@@ -172,6 +174,7 @@ impl Proxy {
         &self,
         mut parts: Parts,
         body: Option<ClientBody>,
+        body_end: Option<&BodyEnd>,
         request_id: &HeaderValue,
         arrived: Instant,
         link: &Link,
@@ -188,7 +191,7 @@ impl Proxy {
         headers::strip_hop_by_hop(&mut parts.headers);
         parts.headers.insert(REQUEST_ID.clone(), request_id.clone());
         let declared_len = content_length(&parts.headers);
-        let outgoing = Outgoing { parts: &parts, declared_len, arrived, link };
+        let outgoing = Outgoing { parts: &parts, body_end, declared_len, arrived, link };
         let body = body.map(Resend::new);
         let sent = self.send_with_retries(&outgoing, credential, body, exchange).await;
         let response = sent.result?;
@@ -353,7 +356,7 @@ impl Proxy {
                 ))
             }
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(failure)) => Err(self.failed(failure)),
+            Ok(Err(failure)) => Err(self.failed(failure, outgoing.body_end)),
             Err(_) => {
                 telemetry::record_upstream_error("timeout");
                 tracing::warn!(timeout_ms = self.request_timeout.as_millis() as u64, "Truedat did not answer in time");
@@ -384,13 +387,13 @@ impl Proxy {
     }
 
     /// A failed exchange as the client will see it, counted and logged
-    /// unless the client itself went away.
-    fn failed(&self, failure: Sending) -> ProxyError {
+    /// unless the client itself went away (its body broke off).
+    fn failed(&self, failure: Sending, body_end: Option<&BodyEnd>) -> ProxyError {
         let (error, kind) = match &failure {
             Sending::Connect(error) => (error.as_ref(), upstream::classify_connect(error.as_ref())),
             Sending::Exchange(error) => (error.as_ref(), upstream::classify_exchange(error.as_ref())),
         };
-        if upstream::client_went_away(error) {
+        if upstream::client_went_away(error) || body_end.is_some_and(BodyEnd::failed) {
             tracing::debug!(error = %upstream::root_cause(error), "the client went away in the middle of its upload");
             return ProxyError::ClientClosed;
         }

@@ -239,27 +239,20 @@ async fn abandoned_requests_are_logged_and_counted_as_499_not_as_truedat_failure
         let line = access_line(&proxy, "/api/slow").await;
         assert_eq!(line["status"], 499, "{hop}: {line}");
 
-        // FIXME(issue 16): over the HTTP/2 pool, hyper swallows the error of
-        // the client's body and resets the stream (INTERNAL_ERROR), so the
-        // proxy takes an abandoned upload for a Truedat failure: a 502,
-        // counted in truedat_proxy_upstream_errors_total and logged as one.
-        let upload = hop == Hop::Http1;
-        if upload {
-            let mut uploading = RawConn::connect(proxy.proxy).await;
-            uploading.send(b"POST /api/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n0123456789");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            drop(uploading);
-            let line = access_line(&proxy, "/api/upload").await;
-            assert_eq!(line["status"], 499, "{hop}: {line}");
-        }
+        // Over the HTTP/2 pool hyper resets the stream without passing on
+        // the client body's error: the proxy must still tell it was the client.
+        let mut uploading = RawConn::connect(proxy.proxy).await;
+        uploading.send(b"POST /api/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n0123456789");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(uploading);
+        let line = access_line(&proxy, "/api/upload").await;
+        assert_eq!(line["status"], 499, "{hop}: {line}");
 
         let scraped = scrape(&client, &proxy).await;
         let abandoned =
             |method| scraped.value("truedat_proxy_requests_total", &[("method", method), ("status", "499")]);
         assert_eq!(abandoned("GET"), Some(1.0), "{hop}: {}", scraped.text);
-        if upload {
-            assert_eq!(abandoned("POST"), Some(1.0), "{hop}: {}", scraped.text);
-        }
+        assert_eq!(abandoned("POST"), Some(1.0), "{hop}: {}", scraped.text);
         assert_eq!(scraped.total("truedat_proxy_upstream_errors_total", &[]), 0.0, "{hop}: {}", scraped.text);
         assert!(!proxy.output().contains("request to Truedat failed"), "{hop}: {}", proxy.output());
         assert!(!proxy.output().contains("\"status\":502"), "{hop}: {}", proxy.output());
@@ -315,12 +308,13 @@ async fn egress_proxy_credentials_are_redacted_in_check_config_and_errors() {
 // ---------------------------------------------------------------------------
 // SPEC §3.6 and §3.2: every token logged out; at most one a second
 
-/// Tokens of 4 s renewed by login: after a few renewals the previous tokens
-/// are still alive in Truedat. At shutdown every one of them is logged
-/// out, so the pod leaves no live session behind.
+/// Tokens of 6 s renewed by login: after a few renewals the previous tokens
+/// are still alive in Truedat (the one before the newest for about 3 s
+/// more, a margin a loaded machine keeps). At shutdown every one of them is
+/// logged out, so the pod leaves no live session behind.
 #[tokio::test]
 async fn shutdown_logs_out_every_token_that_may_still_be_alive() {
-    let fake = fake(|c| c.token_ttl = Duration::from_secs(4)).await;
+    let fake = fake(|c| c.token_ttl = Duration::from_secs(6)).await;
     let proxy = TestProxy::ready(&fake, |_| {}).await;
     assert!(wait_until(PATIENCE, || async { fake.logins() >= 3 }).await, "no renewals");
     assert!(fake.live_sessions() >= 2, "renewal by login leaves the previous token alive");
