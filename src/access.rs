@@ -46,6 +46,11 @@ impl Exchange {
         }
     }
 
+    /// When the request arrived.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     /// The response head with `status` is ready for the client.
     pub fn finish(mut self, status: StatusCode) {
         self.write(status);

@@ -133,7 +133,6 @@ impl Proxy {
         request: Request<Incoming>,
         link: Arc<Link>,
     ) -> Result<Response<ProxyBody>, Infallible> {
-        let arrived = Instant::now();
         let in_flight = InFlight::start(&self.in_flight);
         let request_id = request_id(request.headers());
         let mut exchange =
@@ -147,7 +146,7 @@ impl Proxy {
                 (Some(body), Some(end))
             }
         };
-        let forwarded = self.forward(parts, body, body_end.as_ref(), &request_id, arrived, &link, &mut exchange).await;
+        let forwarded = self.forward(parts, body, body_end.as_ref(), &request_id, &link, &mut exchange).await;
         let early = body_end.as_ref().is_some_and(|end| !end.reached());
         let mut response = match forwarded {
             Ok(mut response) => {
@@ -176,7 +175,6 @@ impl Proxy {
         body: Option<ClientBody>,
         body_end: Option<&BodyEnd>,
         request_id: &HeaderValue,
-        arrived: Instant,
         link: &Link,
         exchange: &mut Exchange,
     ) -> Result<Response<TruedatBody>, ProxyError> {
@@ -191,7 +189,7 @@ impl Proxy {
         headers::strip_hop_by_hop(&mut parts.headers);
         parts.headers.insert(REQUEST_ID.clone(), request_id.clone());
         let declared_len = content_length(&parts.headers);
-        let outgoing = Outgoing { parts: &parts, body_end, declared_len, arrived, link };
+        let outgoing = Outgoing { parts: &parts, body_end, declared_len, arrived: exchange.started(), link };
         let body = body.map(Resend::new);
         let sent = self.send_with_retries(&outgoing, credential, body, exchange).await;
         let response = sent.result?;
