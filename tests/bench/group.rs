@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::cases::{Case, Group, Upstream, Via};
 use super::nginx::{self, ProxyNginx, UpstreamNginx};
 use super::ours::Ours;
-use super::report::{GroupMemory, Memory, Results, Sample};
+use super::report::{GroupMemory, Memory, Results, Sample, Why};
 use super::sample::{self, RssPeak};
 use super::settings::Settings;
 use super::support::process::descriptors;
@@ -99,12 +99,12 @@ pub fn run(context: &Context<'_>, group: Group, cases: &[Case], results: &mut Re
             for target in &targets {
                 if round == 1 && !settings.warmup.is_zero() {
                     // Measured like any run only to catch errors early.
-                    let warmup = measure(case, target, settings.warmup, context.ticks_per_second);
+                    let warmup = measure(case, target, settings.warmup, context);
                     record_errors(case, target.via, "warm-up", warmup.as_ref(), results);
                 }
                 let peak =
                     (case.connections == 256 && target.via != Via::Direct).then(|| RssPeak::start(target.pids.clone()));
-                let sample = measure(case, target, settings.run, context.ticks_per_second);
+                let sample = measure(case, target, settings.run, context);
                 if let Some(peak) = peak.map(RssPeak::finish) {
                     let memory = if target.via == Via::Nginx { &mut memory_nginx } else { &mut memory_ours };
                     memory.at_256_kib = Some(memory.at_256_kib.unwrap_or(0).max(peak));
@@ -155,8 +155,9 @@ pub fn run(context: &Context<'_>, group: Group, cases: &[Case], results: &mut Re
     }
 }
 
-/// One wrk run of `case` on `target` for `duration`, with the proxy's CPU.
-fn measure(case: &Case, target: &Target, duration: Duration, ticks_per_second: f64) -> Result<Sample, String> {
+/// One wrk run of `case` on `target` for `duration`, with the proxy's CPU
+/// and what else the run cost (see [`Why`]).
+fn measure(case: &Case, target: &Target, duration: Duration, context: &Context<'_>) -> Result<Sample, String> {
     let load = wrk::Load {
         url: format!("{}{}", target.base_url, case.request.path),
         connections: case.connections,
@@ -165,15 +166,33 @@ fn measure(case: &Case, target: &Target, duration: Duration, ticks_per_second: f
         duration,
     };
     let counted = target.via != Via::Direct;
-    let cpu_before = sample::cpu_seconds(&target.pids, ticks_per_second);
+    let ticks = context.ticks_per_second;
+    let upstream_pids = context.upstream.pids();
+    let cpu_before = sample::cpu_seconds(&target.pids, ticks);
+    let upstream_before = sample::cpu_seconds(&upstream_pids, ticks);
+    let accepted_before = context.upstream.accepted();
+    let machine_before = sample::machine_ticks();
+    let started = std::time::Instant::now();
     let summary = wrk::run(&load)?;
-    let cpu = sample::cpu_seconds(&target.pids, ticks_per_second) - cpu_before;
+    let wall = started.elapsed().as_secs_f64();
+    let machine_after = sample::machine_ticks();
+    let cpu = sample::cpu_seconds(&target.pids, ticks) - cpu_before;
+    let upstream_cpu = sample::cpu_seconds(&upstream_pids, ticks) - upstream_before;
+    let upstream_accepts = accepted_before.zip(context.upstream.accepted()).map(|(before, after)| after - before);
+    let (busy, all) = (machine_after.0 - machine_before.0, machine_after.1 - machine_before.1);
     Ok(Sample {
         requests: summary.requests,
         rps: summary.rps,
         p99_us: summary.p99_us,
         cpu_seconds: counted.then_some(cpu),
         errors: summary.errors,
+        why: Why {
+            // The stub_status request itself is one more accepted connection.
+            upstream_accepts: upstream_accepts.map(|a| a.saturating_sub(1)),
+            upstream_busy: upstream_cpu / wall.max(f64::EPSILON),
+            machine_busy: busy as f64 / all.max(1) as f64,
+            wrk_threads: wrk::threads(case.connections),
+        },
     })
 }
 
@@ -181,7 +200,7 @@ fn measure(case: &Case, target: &Target, duration: Duration, ticks_per_second: f
 fn measure_perf(case: &Case, target: &Target, context: &Context<'_>, results: &mut Results) {
     let out = context.work_dir.join(format!("perf-{}-{}.csv", case.name(), target.via.name()));
     let stat = perf::Stat::start(&target.pids, &out);
-    let sample = measure(case, target, context.settings.run, context.ticks_per_second);
+    let sample = measure(case, target, context.settings.run, context);
     let counts = stat.finish();
     record_errors(case, target.via, "perf run", sample.as_ref(), results);
     match (sample, counts) {

@@ -24,7 +24,7 @@ pub const DATA_JSON: &str = r#"{"data":[{"id":1,"name":"customers","type":"Table
 /// The upstream nginx and its three listeners.
 pub struct UpstreamNginx {
     /// Held to stop nginx when the run ends.
-    _process: Process,
+    process: Process,
     /// Plain HTTP.
     pub port: u16,
     /// HTTPS offering HTTP/1.1 only.
@@ -51,7 +51,21 @@ impl UpstreamNginx {
             ],
         );
         let process = start(nginx, dir, "upstream", &conf, &[port, tls_port, h2_port]);
-        UpstreamNginx { _process: process, port, tls_port, h2_port }
+        UpstreamNginx { process, port, tls_port, h2_port }
+    }
+
+    /// Its master and workers, whose CPU tells whether the upstream itself
+    /// was the bottleneck of a run.
+    pub fn pids(&self) -> Vec<u32> {
+        self.process.family()
+    }
+
+    /// Connections it has accepted since it started (`stub_status`).
+    pub fn accepted(&self) -> Option<u64> {
+        let url = format!("http://127.0.0.1:{}/_stub_status", self.port);
+        let status = process::output_of("curl", &["-s", "--noproxy", "*", "--max-time", "5", &url])?;
+        // "Active connections: N\nserver accepts handled requests\n A H R\n…"
+        status.lines().nth(2)?.split_whitespace().next()?.parse().ok()
     }
 
     /// The port the proxies of `upstream` talk to.
@@ -109,11 +123,14 @@ pub fn version(nginx: &Path) -> String {
         .map_or_else(|| "nginx (version unknown)".to_owned(), |v| v.replace("nginx version: ", ""))
 }
 
-/// Checks the nginx build has what the cases need (TLS, HTTP/2).
+/// Checks the nginx build has what the cases need (TLS, HTTP/2, the
+/// connection counter).
 pub fn check_modules(nginx: &Path) -> Result<(), String> {
     let configure = process::output_of(&nginx.display().to_string(), &["-V"]).unwrap_or_default();
-    let missing: Vec<&str> =
-        ["http_ssl_module", "http_v2_module"].into_iter().filter(|module| !configure.contains(module)).collect();
+    let missing: Vec<&str> = ["http_ssl_module", "http_v2_module", "http_stub_status_module"]
+        .into_iter()
+        .filter(|module| !configure.contains(module))
+        .collect();
     if missing.is_empty() { Ok(()) } else { Err(format!("{} lacks {}", nginx.display(), missing.join(", "))) }
 }
 

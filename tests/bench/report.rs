@@ -21,6 +21,26 @@ pub struct Sample {
     /// CPU seconds the proxy used during the run (`None` on the direct path).
     pub cpu_seconds: Option<f64>,
     pub errors: Errors,
+    /// What explains a ratio (see [`Why`]).
+    pub why: Why,
+}
+
+/// What else happened during a run, to explain its ratios: the same case
+/// measured by another harness can differ because of these, not because of
+/// the proxies.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Why {
+    /// Connections the upstream accepted during the run (each one a TCP,
+    /// and for TLS a handshake, paid by the proxy and by the upstream).
+    pub upstream_accepts: Option<u64>,
+    /// CPU seconds of the upstream nginx per second of the run: near its
+    /// worker count, the upstream was the bottleneck.
+    pub upstream_busy: f64,
+    /// Share of all cores busy during the run (every process: wrk, the
+    /// upstream, the proxy): near 1.0, the machine was the bottleneck.
+    pub machine_busy: f64,
+    /// wrk's threads (`-t`), which compete for the same cores.
+    pub wrk_threads: usize,
 }
 
 impl Sample {
@@ -121,6 +141,7 @@ impl Results {
         let _ = writeln!(out, "Commit {}; {}; {}.", e.commit, e.nginx, e.wrk);
         let _ = writeln!(out, "{}\n", e.settings);
         self.render_throughput(&mut out, cases);
+        self.render_why(&mut out, cases);
         self.render_perf(&mut out, cases);
         self.render_memory(&mut out);
         self.render_other(&mut out);
@@ -215,6 +236,42 @@ impl Results {
                 switches(Via::Ours),
                 cpu_us(Via::Nginx),
                 cpu_us(Via::Ours),
+            ]);
+        }
+        let _ = writeln!(out, "{}", table.render());
+    }
+
+    fn render_why(&self, out: &mut String, cases: &[Case]) {
+        let _ = writeln!(
+            out,
+            "What explains the ratios (medians over the rounds): upstream connections opened per 1,000 requests (from the upstream's stub_status; nginx's `keepalive 64` closes every connection beyond 64 idle ones, so at 256 connections it reconnects, which costs it and the upstream CPU); the upstream nginx's CPU-seconds per second (near its worker count, the upstream limited the run); the share of all cores busy (near 100 %, the machine limited it, and the proxies' CPU per request includes contention); wrk's threads:\n"
+        );
+        let mut table = Table::new(&[
+            "case",
+            "upstream conns / 1k req nginx",
+            "upstream conns / 1k req ours",
+            "upstream busy nginx",
+            "upstream busy ours",
+            "machine busy nginx",
+            "machine busy ours",
+            "wrk threads",
+        ]);
+        for case in cases {
+            let accepts = |via| {
+                self.median(case, via, |s| s.why.upstream_accepts.map(|a| a as f64 * 1000.0 / s.requests.max(1) as f64))
+            };
+            let upstream = |via| self.median(case, via, |s| Some(s.why.upstream_busy));
+            let machine = |via| self.median(case, via, |s| Some(s.why.machine_busy * 100.0));
+            let threads = self.median(case, Via::Ours, |s| Some(s.why.wrk_threads as f64));
+            table.row(vec![
+                case.name(),
+                fixed(accepts(Via::Nginx), 1),
+                fixed(accepts(Via::Ours), 1),
+                fixed(upstream(Via::Nginx), 2),
+                fixed(upstream(Via::Ours), 2),
+                fixed(machine(Via::Nginx), 0) + " %",
+                fixed(machine(Via::Ours), 0) + " %",
+                fixed(threads, 0),
             ]);
         }
         let _ = writeln!(out, "{}", table.render());

@@ -33,6 +33,19 @@ pub fn cpu_seconds(pids: &[u32], ticks_per_second: f64) -> f64 {
     ticks as f64 / ticks_per_second
 }
 
+/// The whole machine's CPU time so far, in clock ticks, as (busy, all):
+/// the first line of `/proc/stat`, idle and iowait being the not-busy part.
+/// Between two readings, busy / all is the share of every core that was
+/// working: near 1.0, the run was limited by the machine, not by a proxy.
+pub fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> =
+        stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let all: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (all.saturating_sub(idle), all)
+}
+
 /// Summed `VmRSS` of `pids` in KiB; a process that is gone counts as zero.
 pub fn rss_kib(pids: &[u32]) -> u64 {
     pids.iter()

@@ -55,11 +55,16 @@ pub struct Load<'a> {
     pub duration: Duration,
 }
 
+/// wrk's threads for `connections`: it needs at least as many connections
+/// as threads, and two threads load a 2-core machine without leaving the
+/// proxies nothing.
+pub fn threads(connections: u32) -> usize {
+    connections.min(2) as usize
+}
+
 /// Runs wrk with `load`; its whole output is the error when it fails.
 pub fn run(load: &Load<'_>) -> Result<Summary, String> {
-    // wrk needs at least as many connections as threads; two threads load a
-    // 2-core machine without leaving the proxies nothing.
-    let threads = load.connections.min(2);
+    let threads = threads(load.connections);
     let mut command = Command::new("wrk");
     command
         .arg(format!("-t{threads}"))
