@@ -94,7 +94,9 @@ impl Link {
     pub async fn send(&self, mut request: Request<UpstreamBody>) -> Result<Response<LinkBody>, LinkError> {
         let (mut sender, connection) = match self.reusable().await {
             Some(idle) => (idle.sender, idle.connection),
-            None => match self.dial().await {
+            // Boxed (here and below): dialling happens once per client
+            // connection, and inline it would enlarge every request's future.
+            None => match Box::pin(self.dial()).await {
                 Ok(dialled) => dialled,
                 Err(DialError::Http2) => return Err(LinkError::Http2(Box::new(request))),
                 Err(DialError::Failed(error)) => return Err(error),
@@ -112,7 +114,7 @@ impl Link {
                     return Err(LinkError::Exchange(error.into_error()));
                 };
                 let fresh;
-                (sender, fresh) = self.dial().await.map_err(|e| match e {
+                (sender, fresh) = Box::pin(self.dial()).await.map_err(|e| match e {
                     DialError::Failed(error) => error,
                     // The pool's protocol does not change between two connections.
                     DialError::Http2 => LinkError::Exchange(error.into_error()),

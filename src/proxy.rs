@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
+use http::header::{AUTHORIZATION, CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -128,16 +128,22 @@ impl Proxy {
     }
 
     /// Answers one client request; every failure becomes a JSON error.
-    pub async fn handle(
+    ///
+    /// The request is taken apart before the future is built, and the
+    /// steps below borrow its head: the arguments of an async fn stay in
+    /// its future for its whole life, so a head passed by value at every
+    /// step made each in-flight request's future larger (4.4 KB now, from
+    /// 5.9 KB).
+    pub fn handle(
         self: Arc<Self>,
         request: Request<Incoming>,
         link: Arc<Link>,
-    ) -> Result<Response<ProxyBody>, Infallible> {
+    ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static {
         let in_flight = InFlight::start(&self.in_flight);
         let request_id = request_id(request.headers());
         let mut exchange =
             Exchange::start(MethodLabel::of(request.method()), request.uri().clone(), request_id.clone());
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
         // From here on, a body dropped before its end is drained, not cut.
         let (body, body_end) = match body.is_end_stream() {
             true => (None, None),
@@ -146,50 +152,54 @@ impl Proxy {
                 (Some(body), Some(end))
             }
         };
-        let forwarded = self.forward(parts, body, body_end.as_ref(), &request_id, &link, &mut exchange).await;
-        let early = body_end.as_ref().is_some_and(|end| !end.reached());
-        let mut response = match forwarded {
-            Ok(mut response) => {
-                exchange.upstream_status = Some(response.status());
-                headers::to_client(response.headers_mut());
-                if early {
-                    response.body_mut().forbid_reuse();
+        async move {
+            let forwarded = self.forward(&mut parts, body, body_end.as_ref(), &request_id, &link, &mut exchange).await;
+            let early = body_end.as_ref().is_some_and(|end| !end.reached());
+            let mut response = match forwarded {
+                Ok(mut response) => {
+                    exchange.upstream_status = Some(response.status());
+                    headers::to_client(response.headers_mut());
+                    if early {
+                        response.body_mut().forbid_reuse();
+                    }
+                    response.map(|body| Either::Left(Streamed::new(body, self.body_idle_timeout, in_flight)))
                 }
-                response.map(|body| Either::Left(Streamed::new(body, self.body_idle_timeout, in_flight)))
+                Err(error) => error.into_response(),
+            };
+            response.headers_mut().insert(REQUEST_ID.clone(), request_id);
+            if early {
+                // The rest of the body is being discarded (SPEC §4, Early
+                // answers); the connection closes once that is done.
+                response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
             }
-            Err(error) => error.into_response(),
-        };
-        response.headers_mut().insert(REQUEST_ID.clone(), request_id);
-        if early {
-            // The rest of the body is being discarded (SPEC §4, Early
-            // answers); the connection closes once that is done.
-            response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+            exchange.finish(response.status());
+            Ok(response)
         }
-        exchange.finish(response.status());
-        Ok(response)
     }
 
     async fn forward(
         &self,
-        mut parts: Parts,
+        parts: &mut Parts,
         body: Option<ClientBody>,
         body_end: Option<&BodyEnd>,
         request_id: &HeaderValue,
         link: &Link,
         exchange: &mut Exchange,
     ) -> Result<Response<TruedatBody>, ProxyError> {
-        self.policy.check(&parts)?;
+        self.policy.check(parts)?;
         self.retry.deposit();
         let credential = self.auth.credential().await.ok_or_else(|| self.no_token())?;
         let target = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         parts.uri =
             self.origin.join(&target).map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded"))?;
-        // Hop-by-hop fields go before the request id is set: a client that
-        // names `X-Request-Id` in `Connection` made its own one hop-by-hop.
-        headers::strip_hop_by_hop(&mut parts.headers);
+        // Header hygiene once for every try (each try then puts its own
+        // bearer in). Hop-by-hop fields go before the request id is set: a
+        // client that names `X-Request-Id` in `Connection` made its own one
+        // hop-by-hop.
+        headers::to_upstream(&mut parts.headers, credential.bearer.clone());
         parts.headers.insert(REQUEST_ID.clone(), request_id.clone());
         let declared_len = content_length(&parts.headers);
-        let outgoing = Outgoing { parts: &parts, body_end, declared_len, arrived: exchange.started(), link };
+        let outgoing = Outgoing { parts, body_end, declared_len, arrived: exchange.started(), link };
         let body = body.map(Resend::new);
         let sent = self.send_with_retries(&outgoing, credential, body, exchange).await;
         let response = sent.result?;
@@ -197,7 +207,10 @@ impl Proxy {
             return Ok(response);
         }
         exchange.upstream_status = Some(response.status());
-        self.after_unauthorized(response, &outgoing, &sent.credential, sent.kept, exchange).await
+        // Boxed: this rare path holds a second `send_with_retries`, which
+        // inline would double the future that hyper moves (copies) into
+        // place for every request.
+        Box::pin(self.after_unauthorized(response, &outgoing, &sent.credential, sent.kept, exchange)).await
     }
 
     /// Sends the request, and again while a try fails in a way SPEC §4
@@ -216,11 +229,12 @@ impl Proxy {
                 None => (UpstreamBody::Empty, None),
                 Some(body) => {
                     let (tape, kept) = replay::tape(body, self.policy.replay_limit);
-                    (UpstreamBody::Tape(tape), Some(kept))
+                    (UpstreamBody::Tape(Box::new(tape)), Some(kept))
                 }
             };
             exchange.attempts += 1;
-            let mut result = self.send(clone_parts(outgoing.parts), upstream_body, &credential, outgoing).await;
+            let request = try_request(clone_parts(outgoing.parts), upstream_body, &credential);
+            let mut result = self.send(request, outgoing).await;
             let head = match &result {
                 Ok(response) if self.retry.is_transient(response.status()) => Some(response.headers().clone()),
                 _ => None,
@@ -331,18 +345,9 @@ impl Proxy {
     /// One attempt: bearer in, bounded wait for the response headers.
     async fn send(
         &self,
-        mut parts: Parts,
-        body: UpstreamBody,
-        credential: &Credential,
+        request: Request<UpstreamBody>,
         outgoing: &Outgoing<'_>,
     ) -> Result<Response<TruedatBody>, ProxyError> {
-        headers::to_upstream(&mut parts.headers, credential.bearer.clone());
-        if !body.is_end_stream() && body.size_hint().exact().is_none() {
-            // A body of unknown length (the client sent it chunked): hyper's
-            // client would frame it as empty on a GET or HEAD unless told.
-            parts.headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-        }
-        let request = Request::from_parts(parts, body);
         match tokio::time::timeout(self.request_timeout, self.exchange(request, outgoing.link)).await {
             Ok(Ok(response)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 // The proxy never forwards `Upgrade`, so nothing asked for a
@@ -531,6 +536,18 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
     }
     let id = format!("{:032x}", rand::random::<u128>());
     HeaderValue::try_from(id).expect("hex digits are a valid header value")
+}
+
+/// One try's request, from a head already prepared by `headers::to_upstream`:
+/// the bearer current for this try in.
+fn try_request(mut parts: Parts, body: UpstreamBody, credential: &Credential) -> Request<UpstreamBody> {
+    parts.headers.insert(AUTHORIZATION, credential.bearer.clone());
+    if !body.is_end_stream() && body.size_hint().exact().is_none() {
+        // A body of unknown length (the client sent it chunked): hyper's
+        // client would frame it as empty on a GET or HEAD unless told.
+        parts.headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+    }
+    Request::from_parts(parts, body)
 }
 
 /// A copy of the request head, for the replay.

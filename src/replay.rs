@@ -23,18 +23,18 @@ use tokio::sync::oneshot;
 use crate::client_body::ClientBody;
 
 /// Any body the proxy sends to Truedat.
-// The tape is the large variant and the common one for bodies; boxing it
-// would add an allocation to every request with a body for nothing: the
-// value is built once and moved into hyper's request, never copied around.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum UpstreamBody {
     /// No body at all (GET, DELETE, logout…).
     Empty,
     /// A body the proxy built itself (login, refresh).
     Full(Option<Bytes>),
-    /// A client's body, on any try.
-    Tape(Tape),
+    /// A client's body, on any try. Boxed (352 bytes inline): the request
+    /// is held by value in every future of the forwarding path, and each
+    /// request's whole future is copied into place by hyper, so an inline
+    /// tape cost every request, GETs included, about 2 KB of copying; the
+    /// box costs one allocation per request that has a body.
+    Tape(Box<Tape>),
 }
 
 impl UpstreamBody {
@@ -59,7 +59,7 @@ impl Body for UpstreamBody {
         let frame = match self.get_mut() {
             UpstreamBody::Empty => return Poll::Ready(None),
             UpstreamBody::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            UpstreamBody::Tape(tape) => ready!(Pin::new(tape).poll_frame(cx)),
+            UpstreamBody::Tape(tape) => ready!(Pin::new(&mut **tape).poll_frame(cx)),
         };
         Poll::Ready(frame.map(|f| f.map_err(ClientBodyError)))
     }
@@ -88,7 +88,8 @@ pub struct Tape<B: Body = Resend> {
     kept: Vec<Bytes>,
     kept_len: u64,
     limit: u64,
-    trailers: Option<HeaderMap>,
+    /// Boxed, as in [`Resend`]: rare, and 96 bytes inline.
+    trailers: Option<Box<HeaderMap>>,
     /// The client's body has ended: nothing is left to read from it.
     finished: bool,
     /// Where the copy goes when hyper drops the body; `None` once the copy
@@ -101,7 +102,7 @@ pub struct Tape<B: Body = Resend> {
 pub struct Kept<B = Resend> {
     frames: Vec<Bytes>,
     len: u64,
-    trailers: Option<HeaderMap>,
+    trailers: Option<Box<HeaderMap>>,
     /// The part of the body the try never read.
     rest: Option<B>,
 }
@@ -135,7 +136,7 @@ impl<B: Body<Data = Bytes>> Tape<B> {
                 self.kept.push(data.clone());
             }
         } else if let Some(trailers) = frame.trailers_ref() {
-            self.trailers = Some(trailers.clone());
+            self.trailers = Some(Box::new(trailers.clone()));
         }
     }
 
@@ -220,7 +221,9 @@ pub struct Resend<B = ClientBody> {
     frames: VecDeque<Bytes>,
     kept_len: u64,
     rest: Option<B>,
-    trailers: Option<HeaderMap>,
+    /// Boxed: trailers are rare, and a `HeaderMap` is 96 bytes that every
+    /// future holding a body would carry.
+    trailers: Option<Box<HeaderMap>>,
 }
 
 impl<B> Resend<B> {
@@ -246,7 +249,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Resend<B> {
                 frame => return Poll::Ready(frame),
             }
         }
-        Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))))
+        Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(*t))))
     }
 
     fn is_end_stream(&self) -> bool {

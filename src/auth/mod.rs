@@ -67,7 +67,9 @@ impl Auth {
     pub async fn credential(&self) -> Option<Credential> {
         match self.cell.credential() {
             Some(c) => Some(c),
-            None => self.cell.wait_newer(0, self.first_token_wait).await,
+            // Boxed: the wait is rare, and its state would otherwise be
+            // part of every request's future.
+            None => Box::pin(self.cell.wait_newer(0, self.first_token_wait)).await,
         }
     }
 
