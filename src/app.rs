@@ -217,7 +217,7 @@ impl App {
         }
         let now = Instant::now();
         let mut logouts = JoinSet::new();
-        for token in issued.into_iter().filter(|t| t.is_usable(now) && !self.auth.is_proven_dead(t.generation)) {
+        for token in issued.into_iter().filter(|t| t.may_be_alive(now) && !self.auth.is_proven_dead(t.generation)) {
             let sessions = self.sessions.clone();
             logouts.spawn(async move { (token.generation, sessions.logout(token.bearer()).await) });
         }

@@ -11,6 +11,10 @@ use http::HeaderValue;
 use secrecy::SecretString;
 use tokio::sync::watch;
 
+/// How long after its local deadline a token may still be alive in Truedat:
+/// the half second kept for travel, plus a second of `exp` rounding.
+const ALIVE_PAST_DEADLINE: std::time::Duration = std::time::Duration::from_millis(1500);
+
 /// One access token and what the proxy knows about it.
 #[derive(Clone)]
 pub struct Token {
@@ -61,6 +65,14 @@ impl Token {
     /// The local deadline.
     pub fn usable_until(&self) -> Instant {
         self.usable_until
+    }
+
+    /// Whether Truedat may still hold the session at `now`, so that it is
+    /// worth a logout (SPEC §3.6). The token stops being sent half a second
+    /// before its expiry, and `exp` counts whole seconds, so a token past
+    /// its local deadline can live on for up to that much longer.
+    pub fn may_be_alive(&self, now: Instant) -> bool {
+        now < self.usable_until + ALIVE_PAST_DEADLINE
     }
 
     /// Whether Truedat already said 401 to it.
@@ -171,6 +183,18 @@ mod tests {
         assert!(t.bearer().is_sensitive());
         assert_eq!(t.bearer(), "Bearer abc");
         assert!(!format!("{t:?}").contains("abc"));
+    }
+
+    #[test]
+    fn a_token_past_its_deadline_may_still_be_alive_for_a_logout() {
+        let now = Instant::now();
+        let token = |deadline: Instant| Token::new("abc", None, deadline, SystemTime::now()).unwrap();
+        assert!(token(now + Duration::from_secs(1)).may_be_alive(now));
+        assert!(
+            token(now - Duration::from_millis(1400)).may_be_alive(now),
+            "exp is half a second and a rounding later"
+        );
+        assert!(!token(now - Duration::from_millis(1600)).may_be_alive(now));
     }
 
     #[test]

@@ -92,7 +92,7 @@ impl Renewer {
             () = shutdown.cancelled() => {}
         }
         let now = Instant::now();
-        self.issued.retain(|t| t.usable_until() > now);
+        self.issued.retain(|t| t.may_be_alive(now));
         self.issued
     }
 
@@ -220,7 +220,7 @@ impl Renewer {
         let token = Token::new(issued.access.expose_secret(), issued.refresh, received + plan.usable_for, expires_at)
             .expect("session::issued() checked that the token fits in a header");
         let generation = self.auth.cell().store(token);
-        self.issued.retain(|t| t.usable_until() > received);
+        self.issued.retain(|t| t.may_be_alive(received));
         self.issued.extend(self.auth.cell().snapshot().as_ref().filter(|t| t.generation == generation).cloned());
         self.auth.set_failure(None);
         telemetry::record_token(reason.label(), expires_at);
