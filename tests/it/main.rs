@@ -25,4 +25,5 @@ mod review;
 mod secrets;
 mod tls;
 mod tls_rotation;
+mod tracing;
 mod wait;
