@@ -80,8 +80,8 @@ impl Exchange {
             request_id = self.request_id.to_str().unwrap_or_default(),
             replayed = self.replayed,
             attempts = self.attempts,
-            trace_id = ids.as_ref().map(|(trace, _)| trace.as_str()),
-            span_id = ids.as_ref().map(|(_, span)| span.as_str()),
+            trace_id = ids.map(|(trace, _)| tracing::field::display(trace)),
+            span_id = ids.map(|(_, span)| tracing::field::display(span)),
             "request"
         );
         if let Some(span) = self.trace.take() {

@@ -24,8 +24,8 @@ use std::sync::Arc;
 use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, Version};
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use opentelemetry::trace::{SpanBuilder, SpanKind, Status, TraceContextExt, Tracer as _};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::trace::{SpanBuilder, SpanId, SpanKind, Status, TraceContextExt, TraceId, Tracer as _};
+use opentelemetry::{Context, KeyValue, StringValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracer;
 
@@ -42,8 +42,9 @@ pub struct Tracer(Option<Arc<Inner>>);
 
 struct Inner {
     tracer: SdkTracer,
-    /// `server.address` and `server.port` of every span towards Truedat.
-    server_address: String,
+    /// `server.address` and `server.port` of every span towards Truedat
+    /// (reference-counted: each span takes a copy).
+    server_address: StringValue,
     server_port: i64,
 }
 
@@ -54,7 +55,7 @@ impl Tracer {
         let port = authority.port_u16().unwrap_or(if origin.is_https() { 443 } else { 80 });
         Tracer(Some(Arc::new(Inner {
             tracer,
-            server_address: authority.host().to_owned(),
+            server_address: Arc::<str>::from(authority.host()).into(),
             server_port: i64::from(port),
         })))
     }
@@ -148,11 +149,12 @@ pub struct Outcome<'a> {
 }
 
 impl RequestSpan {
-    /// `trace_id` and `span_id` for the access line, when the request is sampled.
-    pub fn ids(&self) -> Option<(String, String)> {
+    /// `trace_id` and `span_id` for the access line, when the request is
+    /// sampled (they print as W3C's lowercase hex).
+    pub fn ids(&self) -> Option<(TraceId, SpanId)> {
         let span = self.cx.span();
         let context = span.span_context();
-        context.is_sampled().then(|| (context.trace_id().to_string(), context.span_id().to_string()))
+        context.is_sampled().then(|| (context.trace_id(), context.span_id()))
     }
 
     /// The parent for a span this request causes elsewhere.
