@@ -409,6 +409,11 @@ fn endpoint(name: &str, value: &str, base: bool) -> Result<Uri, String> {
     if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
         return Err(format!("{name}: {shown:?} must be an http:// or https:// URL"));
     }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(format!(
+            "{name}: {shown:?}: credentials in the URL are not supported; use OTEL_EXPORTER_OTLP_HEADERS"
+        ));
+    }
     if !base {
         return Ok(uri);
     }
@@ -657,11 +662,16 @@ mod tests {
 
     #[test]
     fn credentials_in_the_endpoint_are_never_shown() {
-        let settings = on(&[(TRACES_ENDPOINT, "https://user:pw-Zk4@otel.example.com/v1/traces?api-key=k-93x")]);
+        let settings = on(&[(TRACES_ENDPOINT, "https://otel.example.com/v1/traces?api-key=k-93x")]);
         let shown = Tracing::On(Box::new(settings)).to_comments();
-        assert!(shown.contains(r#"endpoint = "https://<redacted>@otel.example.com/v1/traces?<redacted>""#), "{shown}");
-        let problems = problems(&[(TRACES_ENDPOINT, "ftp://user:pw-Zk4@otel.example.com/?api-key=k-93x")]);
-        assert!(!problems[0].contains("pw-Zk4") && !problems[0].contains("k-93x"), "{problems:?}");
+        assert!(shown.contains(r#"endpoint = "https://otel.example.com/v1/traces?<redacted>""#), "{shown}");
+        for endpoint in
+            ["https://user:pw-Zk4@otel.example.com/v1/traces", "ftp://user:pw-Zk4@otel.example.com/?api-key=k-93x"]
+        {
+            let problems = problems(&[(TRACES_ENDPOINT, endpoint)]);
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(!problems[0].contains("pw-Zk4") && !problems[0].contains("k-93x"), "{problems:?}");
+        }
     }
 
     #[test]

@@ -8,11 +8,13 @@
 //! spans in front of it against the same capacity and counts what it turns
 //! away, and [`Counted`] counts the spans of exports that failed.
 //!
-//! The exporter (`opentelemetry-otlp`) sends through [`Sender`], our own
-//! hyper + rustls (ring) client: no second HTTP or TLS stack in the binary.
-//! Its exchanges run as tasks of the proxy's runtime, each bounded by the
-//! export timeout; a collector that is down or hangs only ever delays the
-//! export thread.
+//! The exporter (`opentelemetry-otlp`) sends through [`Sender`]: a client
+//! of the very type that talks to Truedat ([`upstream::build`], hyper and
+//! rustls with ring), given the collector's address, the system's roots and
+//! no egress proxy, so the binary holds no second HTTP or TLS stack and no
+//! second copy of hyper's client. Its exchanges run as tasks of the proxy's
+//! runtime, each bounded by the export timeout; a collector that is down or
+//! hangs only ever delays the export thread.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -21,11 +23,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http_body_util::{BodyExt, Limited};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::{Context, InstrumentationScope, KeyValue};
 use opentelemetry_http::{HttpClient, HttpError};
@@ -36,10 +34,12 @@ use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, Span, SpanData, SpanExporter,
     SpanProcessor,
 };
-use rustls::{ClientConfig, RootCertStore};
 
-use crate::config::{self, TracingSettings};
-use crate::telemetry;
+use crate::config::{self, ProxyEnv, TracingSettings, Upstream};
+use crate::origin::Origin;
+use crate::replay::UpstreamBody;
+use crate::units::Dur;
+use crate::{telemetry, tls, upstream};
 
 /// Collectors answer an export with a tiny body; more is not a collector.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -64,7 +64,7 @@ impl Pipeline {
     pub fn start(settings: &TracingSettings) -> Result<(Pipeline, SdkTracer), SetupError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|e| SetupError(e.to_string()))?;
         let closed = Arc::new(AtomicBool::new(false));
-        let sender = Sender::new(settings, runtime, closed.clone());
+        let sender = Sender::new(settings, runtime, closed.clone())?;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_http_client(sender)
@@ -215,7 +215,7 @@ impl<E: SpanExporter> SpanExporter for Counted<E> {
 /// for it), bounded by the export timeout, with the configured headers.
 struct Sender {
     runtime: tokio::runtime::Handle,
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: upstream::HttpClient,
     /// `OTEL_EXPORTER_OTLP_HEADERS`, decoded once by the configuration.
     headers: Vec<(HeaderName, HeaderValue)>,
     timeout: Duration,
@@ -232,26 +232,39 @@ impl fmt::Debug for Sender {
 }
 
 impl Sender {
-    fn new(settings: &TracingSettings, runtime: tokio::runtime::Handle, closed: Arc<AtomicBool>) -> Sender {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(settings.timeout));
-        let tls = tls_config(settings.endpoint.scheme_str() == Some("https"));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(1)
-            .build(HttpsConnector::from((http, tls)));
-        Sender {
+    /// A client for the collector of `settings`: the upstream client's
+    /// machinery with the collector's address, no egress proxy (the
+    /// collector is a neighbour: a node agent or a service in the cluster),
+    /// no client certificate, and the system's roots for `https://`.
+    fn new(
+        settings: &TracingSettings,
+        runtime: tokio::runtime::Handle,
+        closed: Arc<AtomicBool>,
+    ) -> Result<Sender, SetupError> {
+        let endpoint = &settings.endpoint;
+        let base = format!(
+            "{}://{}",
+            endpoint.scheme_str().unwrap_or("http"),
+            endpoint.authority().map_or("", |a| a.as_str())
+        );
+        let origin = Origin::parse(&base).map_err(SetupError)?;
+        let collector = Upstream {
+            url: Some(base),
+            connect_timeout: Dur(settings.timeout),
+            pool_idle_timeout: Dur::secs(30),
+            ..Upstream::default()
+        };
+        let tls = tls::Material::load(&collector, origin.is_https()).map_err(|e| SetupError(e.to_string()))?;
+        let clients = upstream::build(&collector, &ProxyEnv::default(), &origin, Arc::new(tls))
+            .map_err(|e| SetupError(e.to_string()))?;
+        Ok(Sender {
             runtime,
-            client,
+            client: clients.pool,
             headers: settings.headers.clone(),
             timeout: settings.timeout,
             closed,
             failing: Mutex::new(None),
-        }
+        })
     }
 
     async fn exchange(&self, mut request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
@@ -263,7 +276,7 @@ impl Sender {
         }
         let client = self.client.clone();
         let exchange = async move {
-            let response = client.request(request.map(Full::new)).await?;
+            let response = client.request(request.map(UpstreamBody::full)).await?;
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, MAX_ANSWER_BYTES).collect().await?.to_bytes();
             Ok::<_, HttpError>(Response::from_parts(parts, body))
@@ -304,22 +317,4 @@ impl HttpClient for Sender {
         self.observe(&outcome);
         outcome
     }
-}
-
-/// rustls with ring and the system's roots for an `https://` collector;
-/// for plain HTTP the configuration is never used, so no roots are read.
-fn tls_config(https: bool) -> ClientConfig {
-    let mut roots = RootCertStore::empty();
-    if https {
-        let native = rustls_native_certs::load_native_certs();
-        roots.add_parsable_certificates(native.certs);
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    config
 }
