@@ -11,8 +11,9 @@ use std::time::Instant;
 
 use http::{HeaderValue, StatusCode, Uri};
 
-use crate::error::CLIENT_CLOSED;
+use crate::error::{CLIENT_CLOSED, ProxyError};
 use crate::telemetry::{self, MethodLabel};
+use crate::trace::{Outcome, RequestSpan};
 
 /// What is known of one request so far.
 pub struct Exchange {
@@ -28,12 +29,16 @@ pub struct Exchange {
     pub replayed: bool,
     /// How many times the request was sent to Truedat.
     pub attempts: u32,
+    /// The request's server span; `None` when tracing is off.
+    pub trace: Option<RequestSpan>,
+    /// The proxy's own error, kept only for a traced request's span.
+    error: Option<String>,
     written: bool,
 }
 
 impl Exchange {
-    /// Starts the record of a request received now.
-    pub fn start(method: MethodLabel, uri: Uri, request_id: HeaderValue) -> Exchange {
+    /// Starts the record of a request received now, traced by `trace`.
+    pub fn start(method: MethodLabel, uri: Uri, request_id: HeaderValue, trace: Option<RequestSpan>) -> Exchange {
         Exchange {
             method,
             uri,
@@ -42,6 +47,8 @@ impl Exchange {
             upstream_status: None,
             replayed: false,
             attempts: 0,
+            trace,
+            error: None,
             written: false,
         }
     }
@@ -49,6 +56,13 @@ impl Exchange {
     /// When the request arrived.
     pub fn started(&self) -> Instant {
         self.started
+    }
+
+    /// The proxy answers itself with `error`: a traced request's span says why.
+    pub fn failed(&mut self, error: &ProxyError) {
+        if self.trace.is_some() {
+            self.error = Some(error.to_string());
+        }
     }
 
     /// The response head with `status` is ready for the client.
@@ -60,6 +74,7 @@ impl Exchange {
         self.written = true;
         let duration = self.started.elapsed();
         telemetry::record_request(self.method, status, duration);
+        let ids = self.trace.as_ref().and_then(RequestSpan::ids);
         tracing::info!(
             target: "access",
             method = self.method.as_str(),
@@ -70,8 +85,14 @@ impl Exchange {
             request_id = self.request_id.to_str().unwrap_or_default(),
             replayed = self.replayed,
             attempts = self.attempts,
+            trace_id = ids.map(|(trace, _)| tracing::field::display(trace)),
+            span_id = ids.map(|(_, span)| tracing::field::display(span)),
             "request"
         );
+        if let Some(span) = self.trace.take() {
+            let (attempts, replayed, error) = (self.attempts, self.replayed, self.error.as_deref());
+            span.finish(Outcome { status, attempts, replayed, error });
+        }
     }
 }
 

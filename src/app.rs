@@ -1,7 +1,7 @@
 //! Assembles the proxy: binds both listeners (so port 0 works and the real
 //! addresses are known before anything runs), starts the renewer and the TLS
-//! material watcher, serves until shutdown is triggered, then drains in the
-//! order of SPEC §7.
+//! material watcher (and, when tracing is on, the span export), serves until
+//! shutdown is triggered, then drains in the order of SPEC §7.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,11 +17,12 @@ use crate::auth::cell::Token;
 use crate::auth::liveness::Liveness;
 use crate::auth::renewer::Renewer;
 use crate::auth::session::Sessions;
-use crate::config::Config;
+use crate::config::{Config, Tracing};
 use crate::proxy::Proxy;
 use crate::server::{self, Drain, Limits};
 use crate::telemetry;
 use crate::tls;
+use crate::trace::{self, export::Pipeline};
 use crate::upstream;
 
 /// hyper's smallest allowed read buffer.
@@ -37,6 +38,8 @@ pub enum StartError {
     Bind { key: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Upstream(#[from] upstream::BuildError),
+    #[error(transparent)]
+    Tracing(#[from] trace::export::SetupError),
 }
 
 impl From<tls::Error> for StartError {
@@ -74,6 +77,8 @@ pub struct App {
     /// How often the watcher checks the TLS files (`tls::POLL_INTERVAL`).
     tls_poll: Duration,
     bound: Bound,
+    /// The span export, when tracing is on: flushed at shutdown.
+    spans: Option<Pipeline>,
 }
 
 impl App {
@@ -91,14 +96,27 @@ impl App {
             proxy: local_addr("listen.address", &proxy_listener)?,
             admin: local_addr("admin.address", &admin_listener)?,
         };
+        // Last, so that nothing is left running when a listener cannot bind.
+        let (tracer, spans) = match &config.tracing {
+            Tracing::On(settings) => {
+                let (pipeline, tracer) = Pipeline::start(settings)?;
+                (trace::Tracer::new(tracer, &origin), Some(pipeline))
+            }
+            Tracing::Off(_) => (trace::Tracer::default(), None),
+        };
         let token = &config.token;
         let auth = Arc::new(Auth::new(token.first_token_wait.0, token.login_timeout.0));
-        let sessions =
-            Arc::new(Sessions::new(clients.pool.clone(), origin.clone(), &config.credentials, token.login_timeout.0));
+        let sessions = Arc::new(Sessions::new(
+            clients.pool.clone(),
+            origin.clone(),
+            &config.credentials,
+            token.login_timeout.0,
+            tracer.clone(),
+        ));
         let liveness = Liveness::new(sessions.clone());
-        let proxy = Arc::new(Proxy::new(auth.clone(), liveness, &clients, &config));
+        let proxy = Arc::new(Proxy::new(auth.clone(), liveness, &clients, &config, tracer));
         let listeners = Some((proxy_listener, admin_listener));
-        Ok(App { config, listeners, auth, proxy, sessions, tls, tls_poll: tls::POLL_INTERVAL, bound })
+        Ok(App { config, listeners, auth, proxy, sessions, tls, tls_poll: tls::POLL_INTERVAL, bound, spans })
     }
 
     /// Checks the TLS files every `every` instead of `tls::POLL_INTERVAL`
@@ -135,10 +153,15 @@ impl App {
         tokio::time::sleep(settings.delay.0).await;
         stop_accepting.cancel();
         let _ = proxy.await;
+        let drain_deadline = Instant::now() + settings.drain_timeout.0;
         let outcome = self.drain(drain, settings.drain_timeout.0).await;
         tasks.cancel();
         let issued = renewer.await.unwrap_or_default();
         self.logout(issued).await;
+        if let Some(spans) = self.spans.take() {
+            // The spans share the drain's time: what is left of it.
+            spans.shutdown(drain_deadline.saturating_duration_since(Instant::now())).await;
+        }
         admin.abort();
         upkeep.abort();
         let _ = tls_watch.await;

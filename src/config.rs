@@ -3,7 +3,8 @@
 //!
 //! Everything is validated here, before any socket is bound, and every problem
 //! is reported on its own line naming the offending key. Nothing outside this
-//! module reads the environment.
+//! module reads the environment. The `OTEL_*` variables of tracing are read
+//! in [`otel`], a part of this module.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,10 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::origin::Origin;
 use crate::units::{Dur, Size};
+
+mod otel;
+
+pub use otel::{OtelEnv, Root, Sampler, Tracing, TracingSettings, redact_url};
 
 /// Prefix of every environment variable the proxy reads.
 pub const ENV_PREFIX: &str = "TRUEDAT_PROXY_";
@@ -66,6 +71,10 @@ pub struct Config {
     /// environment; used only when `upstream.egress_proxy` is unset.
     #[serde(skip)]
     pub proxy_env: ProxyEnv,
+    /// OpenTelemetry tracing, from the `OTEL_*` variables alone (SPEC §11):
+    /// never from the file, shown as comments by `--check-config`.
+    #[serde(skip)]
+    pub tracing: Tracing,
 }
 
 /// The egress-proxy variables as curl reads them: lower case first; upper
@@ -360,8 +369,13 @@ impl Config {
         let figment = layers(file)?;
         let mut config: Config = figment.extract().map_err(|first| every_problem(&figment, first))?;
         config.proxy_env = ProxyEnv::from_process();
-        config.validate()?;
-        Ok(config)
+        let tracing = Tracing::from_env(&OtelEnv::from_process());
+        let mut problems = config.validate().err().map(|invalid| invalid.0).unwrap_or_default();
+        match tracing {
+            Ok(tracing) => config.tracing = tracing,
+            Err(more) => problems.extend(more),
+        }
+        if problems.is_empty() { Ok(config) } else { Err(Invalid(problems)) }
     }
 
     /// `admin.address` alone, from the same layers as [`Config::load`], for
@@ -398,6 +412,7 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(format!("log.level: {e}"));
         }
+        self.tracing.validate(&mut problems);
         if problems.is_empty() { Ok(()) } else { Err(Invalid(problems)) }
     }
 
@@ -407,9 +422,12 @@ impl Config {
         Origin::parse(url).expect("upstream.url was validated by Config::validate")
     }
 
-    /// The effective configuration as TOML, secrets replaced by `"<redacted>"`.
+    /// The effective configuration as TOML, secrets replaced by
+    /// `"<redacted>"`, then the tracing settings as comments.
     pub fn to_redacted_toml(&self) -> String {
-        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+        let mut text = toml::to_string(self).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"));
+        text.push_str(&self.tracing.to_comments());
+        text
     }
 
     /// Every duration key with its value and the longest it accepts (SPEC

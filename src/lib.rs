@@ -16,7 +16,8 @@
 //!   [`replay`]; the response streams back in [`body`]; failures become JSON
 //!   errors ([`error`]);
 //! - [`access`] and [`telemetry`]: an access-log line and metrics, also for
-//!   requests their client abandoned.
+//!   requests their client abandoned; [`trace`]: OpenTelemetry spans of the
+//!   request and each of its tries, when the `OTEL_*` environment asks for them.
 //!
 //! Around it: [`config`] (layered, validated before anything binds, with
 //! [`units`] for durations and sizes), [`auth`] (the `ArcSwap` token cell and
@@ -52,6 +53,7 @@ pub mod server;
 pub mod slots;
 pub mod telemetry;
 pub mod tls;
+pub mod trace;
 pub mod units;
 pub mod upstream;
 pub mod wait;

@@ -32,6 +32,7 @@ use crate::paths::{PathPolicy, Refusal};
 use crate::replay::{self, Kept, Resend, UpstreamBody};
 use crate::retry::{Decision, Failure, RetryPolicy, Try};
 use crate::telemetry::{self, InFlight, MethodLabel};
+use crate::trace::{self, RequestSpan, TrySpan};
 use crate::upstream::{self, FailureKind, HttpClient};
 
 /// How long to wait for hyper to hand back a try's body before sending it
@@ -58,6 +59,8 @@ pub struct Proxy {
     /// multiplexed connection instead of a link each.
     connector: upstream::Connector,
     pool_idle_timeout: Duration,
+    /// Spans of requests and tries; nothing when tracing is off.
+    tracer: trace::Tracer,
 }
 
 /// What `[proxy]` allows, prepared once.
@@ -91,8 +94,14 @@ struct Outgoing<'a> {
 
 impl Proxy {
     /// A proxy to `config`'s origin through `upstream`, authenticating with
-    /// `auth`. `config` must have passed `Config::validate`.
-    pub fn new(auth: Arc<Auth>, liveness: Liveness, upstream: &upstream::Clients, config: &Config) -> Proxy {
+    /// `auth`, tracing with `tracer`. `config` must have passed `Config::validate`.
+    pub fn new(
+        auth: Arc<Auth>,
+        liveness: Liveness,
+        upstream: &upstream::Clients,
+        config: &Config,
+        tracer: trace::Tracer,
+    ) -> Proxy {
         let settings = &config.proxy;
         let methods = settings
             .allow_methods
@@ -118,6 +127,7 @@ impl Proxy {
             in_flight: Arc::default(),
             connector: upstream.connector.clone(),
             pool_idle_timeout: config.upstream.pool_idle_timeout.0,
+            tracer,
         }
     }
 
@@ -141,8 +151,9 @@ impl Proxy {
     ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static {
         let in_flight = InFlight::start(&self.in_flight);
         let request_id = request_id(request.headers());
+        let span = self.tracer.request(request.method(), request.uri(), request.version(), request.headers());
         let mut exchange =
-            Exchange::start(MethodLabel::of(request.method()), request.uri().clone(), request_id.clone());
+            Exchange::start(MethodLabel::of(request.method()), request.uri().clone(), request_id.clone(), span);
         let (mut parts, body) = request.into_parts();
         // From here on, a body dropped before its end is drained, not cut.
         let (body, body_end) = match body.is_end_stream() {
@@ -164,7 +175,10 @@ impl Proxy {
                     }
                     response.map(|body| Either::Left(Streamed::new(body, self.body_idle_timeout, in_flight)))
                 }
-                Err(error) => error.into_response(),
+                Err(error) => {
+                    exchange.failed(&error);
+                    error.into_response()
+                }
             };
             response.headers_mut().insert(REQUEST_ID.clone(), request_id);
             if early {
@@ -188,7 +202,13 @@ impl Proxy {
     ) -> Result<Response<TruedatBody>, ProxyError> {
         self.policy.check(parts)?;
         self.retry.deposit();
-        let credential = self.auth.credential().await.ok_or_else(|| self.no_token())?;
+        let credential = match self.auth.cell().credential() {
+            Some(credential) => credential,
+            None => {
+                let _waiting = exchange.trace.as_ref().map(|span| span.waiting("wait for token"));
+                self.auth.credential().await.ok_or_else(|| self.no_token())?
+            }
+        };
         let target = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         parts.uri =
             self.origin.join(&target).map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded"))?;
@@ -224,6 +244,7 @@ impl Proxy {
         exchange: &mut Exchange,
     ) -> Sent {
         let mut retries = 0;
+        let mut retry_reason = None;
         loop {
             let (upstream_body, kept) = match body.take() {
                 None => (UpstreamBody::Empty, None),
@@ -232,9 +253,18 @@ impl Proxy {
                     (UpstreamBody::Tape(Box::new(tape)), Some(kept))
                 }
             };
+            let attempt = trace::Attempt { resends: exchange.attempts, retry_reason, replay: exchange.replayed };
             exchange.attempts += 1;
-            let request = try_request(clone_parts(outgoing.parts), upstream_body, &credential);
+            let mut parts = clone_parts(outgoing.parts);
+            let span = exchange.trace.as_ref().map(|span| span.attempt(&parts.method, &parts.uri, attempt));
+            if let Some(span) = &span {
+                span.inject(&mut parts.headers);
+            }
+            let request = try_request(parts, upstream_body, &credential);
             let mut result = self.send(request, outgoing).await;
+            if let Some(span) = span {
+                end_try(span, &result);
+            }
             let head = match &result {
                 Ok(response) if self.retry.is_transient(response.status()) => Some(response.headers().clone()),
                 _ => None,
@@ -266,6 +296,7 @@ impl Proxy {
                 "retrying a transient failure"
             );
             telemetry::record_retry(reason.label());
+            retry_reason = Some(reason.label());
             // A discarded response is dropped unread: hyper then closes its
             // connection instead of pooling one in the middle of a body.
             drop(result);
@@ -317,8 +348,9 @@ impl Proxy {
         exchange: &mut Exchange,
     ) -> Result<Response<TruedatBody>, ProxyError> {
         let generation = credential.generation;
+        let parent = exchange.trace.as_ref().map(RequestSpan::parent).unwrap_or_default();
         if !self.auth.known_dead(generation) {
-            match self.liveness.check(credential).await {
+            match self.liveness.check(credential, &parent).await {
                 Session::Alive => return Ok(response),
                 Session::Dead => self.auth.prove_dead(generation),
                 Session::Unknown => {}
@@ -328,13 +360,15 @@ impl Proxy {
             None => Some(None),
             Some(kept) => self.take_back(kept, outgoing.declared_len, Some(&mut response)).await.map(Some),
         };
-        self.auth.report_unauthorized(generation);
+        self.auth.report_unauthorized(generation, parent);
         let Some(body) = body else {
             // Too large to replay: the client gets Truedat's 401; the login
             // still happens, for the next requests.
             return Ok(response);
         };
+        let waiting = exchange.trace.as_ref().map(|span| span.waiting("wait for token"));
         let successor = self.auth.successor(generation).await.ok_or_else(|| self.no_token())?;
+        drop(waiting);
         drop(response);
         exchange.replayed = true;
         let replayed = self.send_with_retries(outgoing, successor, body, exchange).await.result;
@@ -505,6 +539,23 @@ fn transient<'a>(
         Err(ProxyError::Broken(_)) => Some(Failure::Reset),
         Err(ProxyError::Timeout) => Some(Failure::Timeout),
         Err(_) => None,
+    }
+}
+
+/// Ends a try's span with Truedat's answer or the failure.
+fn end_try(span: TrySpan, result: &Result<Response<TruedatBody>, ProxyError>) {
+    match result {
+        Ok(response) => span.answered(response.status(), response.version()),
+        Err(error) => {
+            let kind = match error {
+                ProxyError::Unreachable(kind) | ProxyError::Broken(kind) => kind.label(),
+                ProxyError::Timeout => "timeout",
+                ProxyError::Malformed(_) => "protocol",
+                ProxyError::ClientClosed => "client_closed",
+                _ => "proxy",
+            };
+            span.failed(kind, error.to_string());
+        }
     }
 }
 

@@ -28,6 +28,13 @@ pub const LOGIN_DURATION: &str = "truedat_proxy_login_duration_seconds";
 pub const BUILD_INFO: &str = "truedat_proxy_build_info";
 pub const CLIENT_CERT_EXPIRY: &str = "truedat_proxy_client_cert_expiry_timestamp_seconds";
 pub const UPSTREAM_RETRIES: &str = "truedat_proxy_upstream_retries_total";
+/// Spans that never reached the collector (SPEC §11), by `reason`; exported
+/// only while tracing is on.
+pub const SPANS_DROPPED: &str = "truedat_proxy_trace_spans_dropped_total";
+/// The export queue was full when the span ended.
+pub const DROPPED_QUEUE_FULL: &str = "queue_full";
+/// The span's export failed (collector down, timed out or refusing).
+pub const DROPPED_EXPORT_FAILED: &str = "export_failed";
 
 /// Request latency buckets: from a loopback round trip to a slow report.
 const REQUEST_BUCKETS: [f64; 16] =
@@ -85,6 +92,7 @@ fn describe() {
         "Unix time at which the client certificate in use expires (only with upstream.client_cert_file)."
     );
     describe_counter!(UPSTREAM_RETRIES, "Tries sent to Truedat again after a transient failure, by reason.");
+    describe_counter!(SPANS_DROPPED, "Trace spans that never reached the collector, by reason (only with tracing on).");
     for reason in crate::retry::Reason::ALL {
         counter!(UPSTREAM_RETRIES, "reason" => reason.label()).absolute(0);
     }
@@ -182,6 +190,18 @@ pub fn record_upstream_error(kind: &'static str) {
 /// A try sent again after a transient failure.
 pub fn record_retry(reason: &'static str) {
     counter!(UPSTREAM_RETRIES, "reason" => reason).increment(1);
+}
+
+/// Tracing is on: its drop counter is exported from zero for each reason.
+pub fn record_spans_dropped_from_zero() {
+    for reason in [DROPPED_QUEUE_FULL, DROPPED_EXPORT_FAILED] {
+        counter!(SPANS_DROPPED, "reason" => reason).increment(0);
+    }
+}
+
+/// `spans` spans that will never reach the collector.
+pub fn record_spans_dropped(reason: &'static str, spans: u64) {
+    counter!(SPANS_DROPPED, "reason" => reason).increment(spans);
 }
 
 /// A replay after a 401 and whether Truedat accepted it.

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use super::Credential;
 use super::session::Sessions;
+use crate::trace::Parent;
 
 /// How long a "the session lives" answer is trusted for its generation.
 const TRUST_ALIVE: Duration = Duration::from_secs(1);
@@ -70,9 +71,10 @@ impl Liveness {
     }
 
     /// Whether `credential`'s session still lives, asking Truedat at most
-    /// once per generation at a time.
-    pub async fn check(&self, credential: &Credential) -> Session {
-        let mut verdict = self.verdict(credential);
+    /// once per generation at a time; the check's span belongs to `parent`,
+    /// the request that started it.
+    pub async fn check(&self, credential: &Credential, parent: &Parent) -> Session {
+        let mut verdict = self.verdict(credential, parent);
         match verdict.wait_for(Option::is_some).await.as_deref() {
             Ok(Some(Verdict::Alive(_))) => Session::Alive,
             Ok(Some(Verdict::Dead)) => Session::Dead,
@@ -82,7 +84,7 @@ impl Liveness {
     }
 
     /// The check to wait for: a finished one still valid, one running, or a new one.
-    fn verdict(&self, credential: &Credential) -> watch::Receiver<Option<Verdict>> {
+    fn verdict(&self, credential: &Credential, parent: &Parent) -> watch::Receiver<Option<Verdict>> {
         let mut checks = self.checks.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(check) = checks.iter().find(|c| c.generation == credential.generation) {
             let current = *check.verdict.borrow();
@@ -95,19 +97,19 @@ impl Liveness {
         if checks.len() >= KEPT {
             checks.remove(0);
         }
-        let receiver = self.start(credential);
+        let receiver = self.start(credential, parent.clone());
         checks.push(Check { generation: credential.generation, verdict: receiver.clone() });
         receiver
     }
 
     /// Asks Truedat in a task of its own, so the answer arrives even if the
     /// request that asked is abandoned by its client.
-    fn start(&self, credential: &Credential) -> watch::Receiver<Option<Verdict>> {
+    fn start(&self, credential: &Credential, parent: Parent) -> watch::Receiver<Option<Verdict>> {
         let (sender, receiver) = watch::channel(None);
         let sessions = self.sessions.clone();
         let (generation, bearer) = (credential.generation, credential.bearer.clone());
         tokio::spawn(async move {
-            let verdict = match sessions.check(&bearer).await {
+            let verdict = match sessions.check(&bearer, &parent).await {
                 Ok(StatusCode::OK) => {
                     tracing::info!(
                         generation,

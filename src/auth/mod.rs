@@ -18,12 +18,15 @@ pub mod renewer;
 pub mod session;
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use tokio::sync::Notify;
 
 pub use cell::{Credential, TokenCell};
+
+use crate::trace::Parent;
 
 /// What requests, the renewer and the admin port share about the token.
 pub struct Auth {
@@ -39,6 +42,9 @@ pub struct Auth {
     proven_dead: AtomicU64,
     /// Why the last renewal failed, for `/readyz` and 503 bodies.
     failure: ArcSwapOption<&'static str>,
+    /// The traced request whose 401 asked for the next login: its span is
+    /// the login's parent. Touched only after a 401.
+    cause: Mutex<Parent>,
     first_token_wait: Duration,
     login_timeout: Duration,
 }
@@ -53,6 +59,7 @@ impl Auth {
             dead: AtomicU64::new(0),
             proven_dead: AtomicU64::new(0),
             failure: ArcSwapOption::empty(),
+            cause: Mutex::default(),
             first_token_wait,
             login_timeout,
         }
@@ -74,13 +81,20 @@ impl Auth {
     }
 
     /// Truedat said 401 to `generation`: make sure one login happens, unless
-    /// one already did for this generation or a newer token exists.
-    pub fn report_unauthorized(&self, generation: u64) {
+    /// one already did for this generation or a newer token exists. The
+    /// login's span belongs to `cause`, the request that reported it first.
+    pub fn report_unauthorized(&self, generation: u64, cause: Parent) {
         let previous = self.dead.fetch_max(generation, Ordering::AcqRel);
         if previous < generation {
+            *self.cause.lock().unwrap_or_else(PoisonError::into_inner) = cause;
             self.cell.revoke(generation);
             self.wake.notify_one();
         }
+    }
+
+    /// The request whose 401 asked for the login about to happen, if traced.
+    pub(crate) fn take_cause(&self) -> Parent {
+        std::mem::take(&mut *self.cause.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Truedat said `generation`'s session is gone: it need not be logged out.

@@ -18,6 +18,7 @@ use super::probe::{self, Outage};
 use super::session::{Issued, SessionError, Sessions};
 use crate::config::{RenewWith, TokenSettings};
 use crate::telemetry;
+use crate::trace::Parent;
 
 /// Why a new token is fetched: the `reason` label of
 /// `truedat_proxy_token_refreshes_total`.
@@ -181,10 +182,10 @@ impl Renewer {
                 }
                 Err(error) => {
                     tracing::warn!(error = %error, "token refresh failed; falling back to a full login");
-                    self.login().await?
+                    self.login(reason).await?
                 }
             },
-            None => self.login().await?,
+            None => self.login(reason).await?,
         };
         Ok(self.store(issued, reason))
     }
@@ -203,9 +204,11 @@ impl Renewer {
         self.sessions.refresh(token.bearer(), refresh).await
     }
 
-    async fn login(&self) -> Result<Issued, SessionError> {
+    async fn login(&self, reason: Reason) -> Result<Issued, SessionError> {
         let started = Instant::now();
-        let result = self.sessions.login().await;
+        // The login a 401 asked for belongs to the trace of that request.
+        let parent = if reason == Reason::Unauthorized { self.auth.take_cause() } else { Parent::none() };
+        let result = self.sessions.login(reason.label(), &parent).await;
         let label = result.as_ref().map_or_else(SessionError::result_label, |_| "success");
         telemetry::record_login(label, started.elapsed());
         result

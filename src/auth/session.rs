@@ -1,5 +1,6 @@
 //! The calls to Truedat's session routes: login, refresh and logout, each
-//! bounded by `token.login_timeout`, each failure with its own message.
+//! bounded by `token.login_timeout`, each failure with its own message; and
+//! the session check and ping. Each call is a span when tracing is on.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use crate::config::Credentials;
 use crate::headers::REFRESH_COOKIE;
 use crate::origin::Origin;
 use crate::replay::UpstreamBody;
+use crate::trace::{Call, CallSpan, Parent, Tracer};
 use crate::upstream::{self, HttpClient};
 
 /// Login answers are tiny; anything larger is not Truedat talking.
@@ -93,11 +95,19 @@ pub struct Sessions {
     password: Password,
     access_method: String,
     timeout: Duration,
+    /// A span per call; nothing when tracing is off.
+    tracer: Tracer,
 }
 
 impl Sessions {
-    /// A client for `origin` logging in with `credentials`.
-    pub fn new(client: HttpClient, origin: Origin, credentials: &Credentials, timeout: Duration) -> Sessions {
+    /// A client for `origin` logging in with `credentials`, tracing its calls with `tracer`.
+    pub fn new(
+        client: HttpClient,
+        origin: Origin,
+        credentials: &Credentials,
+        timeout: Duration,
+        tracer: Tracer,
+    ) -> Sessions {
         let password = match (&credentials.password, &credentials.password_file) {
             (Some(p), _) => Password::Inline(p.clone()),
             (None, Some(path)) => Password::File(path.clone()),
@@ -110,18 +120,31 @@ impl Sessions {
             password,
             access_method: credentials.access_method.clone(),
             timeout,
+            tracer,
         }
     }
 
-    /// `POST /api/sessions` with the service credentials.
-    pub async fn login(&self) -> Result<Issued, SessionError> {
+    /// `POST /api/sessions` with the service credentials; `reason` (the
+    /// `reason` label of `truedat_proxy_token_refreshes_total`) and `parent`
+    /// (the request whose 401 asked for it) are for its span.
+    pub async fn login(&self, reason: &'static str, parent: &Parent) -> Result<Issued, SessionError> {
+        let span = self.tracer.call(Call::Login, &Method::POST, LOGIN_ROUTE, parent);
+        if let Some(span) = &span {
+            span.set("truedat_proxy.reason", reason);
+        }
+        let result = self.login_call(span.as_ref()).await;
+        finish(span, &result);
+        result
+    }
+
+    async fn login_call(&self, span: Option<&CallSpan>) -> Result<Issued, SessionError> {
         let body = self.login_body()?;
         let request = Request::post(self.origin.route(LOGIN_ROUTE))
             .header(CONTENT_TYPE, "application/json")
             .header(ACCEPT, "application/json")
             .body(UpstreamBody::full(body))
             .expect("static method, valid URI and valid header values");
-        let (status, headers, body) = self.exchange(LOGIN_ROUTE, request).await?;
+        let (status, headers, body) = self.exchange(LOGIN_ROUTE, request, span).await?;
         match status {
             StatusCode::CREATED => issued(LOGIN_ROUTE, &headers, &body),
             StatusCode::UNAUTHORIZED => Err(SessionError::Rejected { user: self.user_name.clone() }),
@@ -132,6 +155,18 @@ impl Sessions {
 
     /// `POST /api/sessions/refresh` with the current bearer and refresh cookie.
     pub async fn refresh(&self, bearer: &HeaderValue, refresh: &SecretString) -> Result<Issued, SessionError> {
+        let span = self.tracer.call(Call::Refresh, &Method::POST, REFRESH_ROUTE, &Parent::none());
+        let result = self.refresh_call(bearer, refresh, span.as_ref()).await;
+        finish(span, &result);
+        result
+    }
+
+    async fn refresh_call(
+        &self,
+        bearer: &HeaderValue,
+        refresh: &SecretString,
+        span: Option<&CallSpan>,
+    ) -> Result<Issued, SessionError> {
         let mut cookie =
             HeaderValue::try_from(format!("{REFRESH_COOKIE}={}", refresh.expose_secret())).map_err(|_| {
                 SessionError::Malformed {
@@ -146,7 +181,7 @@ impl Sessions {
             .header(ACCEPT, "application/json")
             .body(UpstreamBody::Empty)
             .expect("static method, valid URI and valid header values");
-        let (status, headers, body) = self.exchange(REFRESH_ROUTE, request).await?;
+        let (status, headers, body) = self.exchange(REFRESH_ROUTE, request, span).await?;
         match status {
             StatusCode::CREATED => issued(REFRESH_ROUTE, &headers, &body),
             StatusCode::UNAUTHORIZED => Err(SessionError::RefreshRejected),
@@ -156,41 +191,67 @@ impl Sessions {
 
     /// `DELETE /api/sessions`: ends the session so a copied token dies with the pod.
     pub async fn logout(&self, bearer: &HeaderValue) -> Result<(), SessionError> {
+        let span = self.tracer.call(Call::Logout, &Method::DELETE, LOGIN_ROUTE, &Parent::none());
         let request = Request::builder()
             .method(Method::DELETE)
             .uri(self.origin.route(LOGIN_ROUTE))
             .header(AUTHORIZATION, bearer.clone())
             .body(UpstreamBody::Empty)
             .expect("static method, valid URI and valid header values");
-        let (status, headers, _) = self.exchange(LOGIN_ROUTE, request).await?;
-        if status.is_success() { Ok(()) } else { Err(unexpected(LOGIN_ROUTE, status, &headers)) }
+        let result = match self.exchange(LOGIN_ROUTE, request, span.as_ref()).await {
+            Ok((status, _, _)) if status.is_success() => Ok(()),
+            Ok((status, headers, _)) => Err(unexpected(LOGIN_ROUTE, status, &headers)),
+            Err(error) => Err(error),
+        };
+        finish(span, &result);
+        result
     }
 
     /// `GET /api/sessions` with `bearer`: td-auth answers 200 while it holds
     /// the session and 401 once it is gone; anything else (an ingress's 5xx)
-    /// says nothing about the session.
-    pub async fn check(&self, bearer: &HeaderValue) -> Result<StatusCode, SessionError> {
+    /// says nothing about the session. Its span belongs to `parent`.
+    pub async fn check(&self, bearer: &HeaderValue, parent: &Parent) -> Result<StatusCode, SessionError> {
+        let span = self.tracer.call(Call::SessionCheck, &Method::GET, LOGIN_ROUTE, parent);
         let request = Request::get(self.origin.route(LOGIN_ROUTE))
             .header(AUTHORIZATION, bearer.clone())
             .body(UpstreamBody::Empty)
             .expect("static method, valid URI and valid header values");
-        let (status, _, _) = self.exchange(LOGIN_ROUTE, request).await?;
-        Ok(status)
+        let result = self.exchange(LOGIN_ROUTE, request, span.as_ref()).await.map(|(status, _, _)| status);
+        if let Some(span) = span {
+            match &result {
+                Ok(StatusCode::OK) => span.finish("alive", None),
+                Ok(StatusCode::UNAUTHORIZED) => span.finish("dead", None),
+                Ok(status) => span.finish("unknown", Some(format!("unexpected answer: HTTP {}", status.as_u16()))),
+                Err(error) => span.finish("unknown", Some(error.to_string())),
+            }
+        }
+        result
     }
 
     /// `GET /api/ping` without credentials: whether Truedat answered 200
     /// within `timeout`. Any other outcome, whatever it was, is just "not yet".
     pub async fn ping(&self, timeout: Duration) -> bool {
-        let request =
+        let span = self.tracer.call(Call::Ping, &Method::GET, PING_ROUTE, &Parent::none());
+        let mut request =
             Request::get(self.origin.route(PING_ROUTE)).body(UpstreamBody::Empty).expect("static method and valid URI");
+        if let Some(span) = &span {
+            span.inject(request.headers_mut());
+        }
         let call = async {
             let response = self.client.request(request).await.ok()?;
-            let ok = response.status() == StatusCode::OK;
+            let status = response.status();
+            if let Some(span) = &span {
+                span.answered(status);
+            }
             // Read to its end (it is tiny) so the connection returns to the pool.
             Limited::new(response.into_body(), MAX_ANSWER_BYTES).collect().await.ok()?;
-            Some(ok)
+            Some(status == StatusCode::OK)
         };
-        tokio::time::timeout(timeout, call).await.ok().flatten().unwrap_or(false)
+        let ok = tokio::time::timeout(timeout, call).await.ok().flatten().unwrap_or(false);
+        if let Some(span) = span {
+            span.finish(if ok { "ok" } else { "failed" }, None);
+        }
+        ok
     }
 
     fn login_body(&self) -> Result<Vec<u8>, SessionError> {
@@ -209,12 +270,17 @@ impl Sessions {
         }
     }
 
-    /// Sends `request` and reads the whole (small) answer within the timeout.
+    /// Sends `request` and reads the whole (small) answer within the timeout;
+    /// `span`, when traced, goes to Truedat as `traceparent` and records the status.
     async fn exchange(
         &self,
         route: &'static str,
-        request: Request<UpstreamBody>,
+        mut request: Request<UpstreamBody>,
+        span: Option<&CallSpan>,
     ) -> Result<(StatusCode, HeaderMap, Bytes), SessionError> {
+        if let Some(span) = span {
+            span.inject(request.headers_mut());
+        }
         let call = async {
             let response = self.client.request(request).await.map_err(|e| SessionError::Unreachable {
                 route,
@@ -222,6 +288,9 @@ impl Sessions {
                 cause: upstream::root_cause(&e),
             })?;
             let (parts, body) = response.into_parts();
+            if let Some(span) = span {
+                span.answered(parts.status);
+            }
             let body = Limited::new(body, MAX_ANSWER_BYTES)
                 .collect()
                 .await
@@ -231,6 +300,17 @@ impl Sessions {
         tokio::time::timeout(self.timeout, call)
             .await
             .unwrap_or(Err(SessionError::Timeout { route, timeout: self.timeout }))
+    }
+}
+
+/// Ends the span of a login, refresh or logout with its result: `success`,
+/// or the `result` label of `truedat_proxy_logins_total` and the message.
+fn finish<T>(span: Option<CallSpan>, result: &Result<T, SessionError>) {
+    if let Some(span) = span {
+        match result {
+            Ok(_) => span.finish("success", None),
+            Err(error) => span.finish(error.result_label(), Some(error.to_string())),
+        }
     }
 }
 

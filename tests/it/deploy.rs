@@ -14,6 +14,7 @@ use http::StatusCode;
 use serde_json::Value;
 
 use crate::support::client::Client;
+use crate::support::otlp::Receiver;
 use crate::support::pki::Ca;
 use crate::support::prometheus::Scrape;
 use crate::support::proxy::{BinaryProxy, binary_toml, fake};
@@ -75,15 +76,18 @@ async fn the_dashboard_and_the_readme_name_exactly_the_exported_metrics() {
 
 /// Runs the binary in front of the fake, logs in, sends one request through
 /// it (so that both histograms have series), and scrapes `/metrics`. A client
-/// certificate is configured (unused over plain HTTP) so that its expiry
-/// gauge, exported only then, is there too.
+/// certificate is configured (unused over plain HTTP) and tracing is on, so
+/// that the families exported only then are there too.
 async fn scrape_after_traffic() -> Scrape {
     let fake = fake(|_| {}).await;
     let identity = Ca::new("client CA").client_cert("svc-proxy");
     let path = |key: &str, path: &Path| format!("{key} = {}", toml::Value::String(path.display().to_string()));
     let cert = path("upstream.client_cert_file", identity.cert_file());
     let key = path("upstream.client_key_file", identity.key_file());
-    let proxy = BinaryProxy::spawn(&binary_toml(&fake.url(), &[&cert, &key]), &[]).await;
+    let collector = Receiver::start().await;
+    let endpoint = collector.endpoint();
+    let tracing = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())];
+    let proxy = BinaryProxy::spawn(&binary_toml(&fake.url(), &[&cert, &key]), &tracing).await;
     let client = Client::new();
     let ready = wait_until(PATIENCE, || async {
         let request = http::Request::get(proxy.admin_url("/readyz")).body(Default::default()).expect("a valid request");

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
-use serde_json::Value;
 
 use crate::support::client::Client;
 use crate::support::fake_truedat::FakeConfig;
@@ -206,20 +205,6 @@ async fn scrape(client: &Client, proxy: &BinaryProxy) -> Scrape {
     Scrape::parse(&client.get(&proxy.admin_url("/metrics")).await.text()).expect("the Prometheus text format")
 }
 
-/// The access line of the request whose path is `path`, once it is out.
-async fn access_line(proxy: &BinaryProxy, path: &str) -> Value {
-    let find = || {
-        proxy
-            .output()
-            .lines()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .find(|event| event["path"] == path && event["status"].is_u64())
-    };
-    let appeared = wait_until(PATIENCE, || async { find().is_some() }).await;
-    assert!(appeared, "no access line for {path}; output:\n{}", proxy.output());
-    find().expect("it appeared")
-}
-
 /// A client that gives up while Truedat is slow, and one that closes in
 /// the middle of a 100,000-byte upload: each has its access line with
 /// status 499 and its `truedat_proxy_requests_total{status="499"}` count;
@@ -236,7 +221,7 @@ async fn abandoned_requests_are_logged_and_counted_as_499_not_as_truedat_failure
         waiting.send(b"GET /api/slow?ms=3000 HTTP/1.1\r\nHost: x\r\n\r\n");
         assert!(wait_until(PATIENCE, || async { !hop.data_requests(&fake).is_empty() }).await, "{hop}");
         drop(waiting);
-        let line = access_line(&proxy, "/api/slow").await;
+        let line = proxy.access_line("/api/slow").await;
         assert_eq!(line["status"], 499, "{hop}: {line}");
 
         // Over the HTTP/2 pool hyper resets the stream without passing on
@@ -245,7 +230,7 @@ async fn abandoned_requests_are_logged_and_counted_as_499_not_as_truedat_failure
         uploading.send(b"POST /api/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n0123456789");
         tokio::time::sleep(Duration::from_millis(200)).await;
         drop(uploading);
-        let line = access_line(&proxy, "/api/upload").await;
+        let line = proxy.access_line("/api/upload").await;
         assert_eq!(line["status"], 499, "{hop}: {line}");
 
         let scraped = scrape(&client, &proxy).await;

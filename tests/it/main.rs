@@ -28,4 +28,5 @@ mod review;
 mod secrets;
 mod tls;
 mod tls_rotation;
+mod tracing;
 mod wait;

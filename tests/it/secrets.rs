@@ -19,11 +19,11 @@ use crate::support::wait::wait_until;
 
 /// The password the fake starts with, distinctive enough that finding it
 /// anywhere is no coincidence.
-const PASSWORD_A: &str = "pw-A-Zq8vR2xK7mLt";
+pub(crate) const PASSWORD_A: &str = "pw-A-Zq8vR2xK7mLt";
 /// The password after rotation.
 const PASSWORD_B: &str = "pw-B-Hn4wJ9cY3pQs";
 /// The fake's service user.
-const USER: &str = "svc-proxy";
+pub(crate) const USER: &str = "svc-proxy";
 
 const READY: Duration = Duration::from_secs(10);
 
@@ -302,7 +302,7 @@ async fn no_secret_in_any_output_of_a_full_run_at_trace_level() {
 
 /// The secrets of one run, as Truedat and the tools saw them.
 #[derive(Debug)]
-struct Secrets {
+pub(crate) struct Secrets {
     /// `(kind, value)`.
     values: BTreeSet<(&'static str, String)>,
     access: usize,
@@ -312,7 +312,7 @@ struct Secrets {
 impl Secrets {
     /// Both passwords; every bearer the data routes received; every token and
     /// refresh token in Truedat's answers and the proxy's session calls.
-    fn gather(fake: &FakeTruedat, tap: &Tap) -> Secrets {
+    pub(crate) fn gather(fake: &FakeTruedat, tap: &Tap) -> Secrets {
         let mut access = BTreeSet::new();
         let mut refresh = BTreeSet::new();
         for request in fake.data_requests() {
@@ -350,7 +350,7 @@ impl Secrets {
     }
 
     /// Fails naming the kind of secret and the line it was found in.
-    fn assert_absent(&self, what: &str, text: &str) {
+    pub(crate) fn assert_absent(&self, what: &str, text: &str) {
         for (kind, value) in &self.values {
             if let Some(line) = text.lines().find(|line| line.contains(value.as_str())) {
                 panic!("{what} holds a {kind}, in this line:\n{line}");

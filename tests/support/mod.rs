@@ -15,6 +15,7 @@
 //! - [`relay`]: a switchable TCP relay and a TLS front that records what the proxy negotiated
 //! - [`connect_proxy`]: a recording HTTP CONNECT egress proxy
 //! - [`secret_dir`]: a directory updated like a mounted Kubernetes Secret (`..data` symlink swap)
+//! - [`otlp`]: an OpenTelemetry collector (OTLP/HTTP receiver) that decodes and keeps the spans it gets
 
 // Each test binary (and the demo) uses a different subset of these helpers.
 #![allow(dead_code)]
@@ -25,6 +26,7 @@ pub mod fake_truedat;
 pub mod h1;
 pub mod hops;
 pub mod jwt;
+pub mod otlp;
 pub mod pki;
 pub mod process;
 pub mod prometheus;

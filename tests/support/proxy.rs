@@ -227,6 +227,20 @@ impl BinaryProxy {
         self.output.lock().unwrap().clone()
     }
 
+    /// The access line of the request whose path is `path` (without the
+    /// query), once the process has printed it; panics after 10 s.
+    pub async fn access_line(&self, path: &str) -> serde_json::Value {
+        let find = || {
+            self.output()
+                .lines()
+                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+                .find(|event| event["message"] == "request" && event["path"] == path && event["status"].is_u64())
+        };
+        let appeared = wait_until(Duration::from_secs(10), || async { find().is_some() }).await;
+        assert!(appeared, "no access line for {path}; output:\n{}", self.output());
+        find().expect("it appeared")
+    }
+
     /// A URL on the proxy listener.
     pub fn url(&self, path_and_query: &str) -> String {
         format!("http://{}{}", self.proxy, path_and_query)
