@@ -13,8 +13,11 @@
 //!   [`link`] to Truedat (or the shared [`upstream`] pool when Truedat speaks
 //!   HTTP/2), transient failures are retried as [`retry`] decides, and a
 //!   401 that killed the token is replayed once, with the body kept by
-//!   [`replay`]; the response streams back in [`body`]; failures become JSON
-//!   errors ([`error`]);
+//!   [`replay`]; the client's body is read through [`client_body`], which
+//!   drains what is left when Truedat answers early, and a link reads on
+//!   after a failed write ([`reads_on`]) so such an answer arrives; the
+//!   response streams back in [`body`]; failures become JSON errors
+//!   ([`error`]);
 //! - [`access`] and [`telemetry`]: an access-log line and metrics, also for
 //!   requests their client abandoned; [`trace`]: OpenTelemetry spans of the
 //!   request and each of its tries, when the `OTEL_*` environment asks for them.
