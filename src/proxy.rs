@@ -151,7 +151,7 @@ impl Proxy {
     ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static {
         let in_flight = InFlight::start(&self.in_flight);
         let request_id = request_id(request.headers());
-        let span = self.tracer.request(request.method(), request.uri(), request.version(), request.headers());
+        let span = self.tracer.request(request.method(), request.uri(), request.headers());
         let mut exchange =
             Exchange::start(MethodLabel::of(request.method()), request.uri().clone(), request_id.clone(), span);
         let (mut parts, body) = request.into_parts();
@@ -256,7 +256,7 @@ impl Proxy {
             let attempt = trace::Attempt { resends: exchange.attempts, retry_reason, replay: exchange.replayed };
             exchange.attempts += 1;
             let mut parts = clone_parts(outgoing.parts);
-            let span = exchange.trace.as_ref().map(|span| span.attempt(&parts.method, &parts.uri, attempt));
+            let span = exchange.trace.as_ref().map(|span| span.attempt(&parts.method, attempt));
             if let Some(span) = &span {
                 span.inject(&mut parts.headers);
             }

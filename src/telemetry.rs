@@ -31,10 +31,6 @@ pub const UPSTREAM_RETRIES: &str = "truedat_proxy_upstream_retries_total";
 /// Spans that never reached the collector (SPEC §11), by `reason`; exported
 /// only while tracing is on.
 pub const SPANS_DROPPED: &str = "truedat_proxy_trace_spans_dropped_total";
-/// The export queue was full when the span ended.
-pub const DROPPED_QUEUE_FULL: &str = "queue_full";
-/// The span's export failed (collector down, timed out or refusing).
-pub const DROPPED_EXPORT_FAILED: &str = "export_failed";
 
 /// Request latency buckets: from a loopback round trip to a slow report.
 const REQUEST_BUCKETS: [f64; 16] =
@@ -192,16 +188,43 @@ pub fn record_retry(reason: &'static str) {
     counter!(UPSTREAM_RETRIES, "reason" => reason).increment(1);
 }
 
-/// Tracing is on: its drop counter is exported from zero for each reason.
-pub fn record_spans_dropped_from_zero() {
-    for reason in [DROPPED_QUEUE_FULL, DROPPED_EXPORT_FAILED] {
-        counter!(SPANS_DROPPED, "reason" => reason).increment(0);
+/// Why a span never reached the collector: the `reason` label of
+/// `truedat_proxy_trace_spans_dropped_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpanDrop {
+    /// The export queue was full when the span ended.
+    QueueFull,
+    /// Its export failed: the collector was down, refused or did not answer in time.
+    ExportFailed,
+}
+
+impl SpanDrop {
+    const ALL: [SpanDrop; 2] = [SpanDrop::QueueFull, SpanDrop::ExportFailed];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            SpanDrop::QueueFull => "queue_full",
+            SpanDrop::ExportFailed => "export_failed",
+        }
     }
 }
 
-/// `spans` spans that will never reach the collector.
-pub fn record_spans_dropped(reason: &'static str, spans: u64) {
-    counter!(SPANS_DROPPED, "reason" => reason).increment(spans);
+/// The drop counters, looked up once: a full queue may drop spans on every
+/// request, and a registry lookup hashes the labels.
+static SPANS_DROPPED_COUNTERS: LazyLock<[Counter; 2]> =
+    LazyLock::new(|| SpanDrop::ALL.map(|why| counter!(SPANS_DROPPED, "reason" => why.label())));
+
+/// Tracing is on: its drop counter is exported from zero for each reason.
+pub fn record_spans_dropped_from_zero() {
+    for counter in SPANS_DROPPED_COUNTERS.iter() {
+        counter.increment(0);
+    }
+}
+
+/// `spans` spans that will never reach the collector, and why.
+pub fn record_spans_dropped(why: SpanDrop, spans: u64) {
+    SPANS_DROPPED_COUNTERS[why as usize].increment(spans);
 }
 
 /// A replay after a 401 and whether Truedat accepted it.

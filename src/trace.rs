@@ -24,10 +24,12 @@ use std::sync::Arc;
 use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, Version};
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use opentelemetry::trace::{SpanBuilder, SpanId, SpanKind, Status, TraceContextExt, TraceId, Tracer as _};
+use opentelemetry::trace::{
+    Span as _, SpanBuilder, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceId, Tracer as _,
+};
 use opentelemetry::{Context, KeyValue, StringValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracer;
+use opentelemetry_sdk::trace::{SdkTracer, Span};
 
 use crate::origin::Origin;
 
@@ -67,17 +69,19 @@ impl Tracer {
 
     /// The server span of a request received now, continuing its
     /// `traceparent` if it has a valid one; `None` when tracing is off.
-    pub fn request(&self, method: &Method, uri: &Uri, version: Version, headers: &HeaderMap) -> Option<RequestSpan> {
+    pub fn request(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<RequestSpan> {
         let inner = self.0.as_ref()?;
         let parent = TraceContextPropagator::new().extract_with_context(&Context::new(), &Headers(headers));
         let (name, method) = method_names(method);
         let builder = SpanBuilder::from_name(name).with_kind(SpanKind::Server).with_attributes([
             KeyValue::new("http.request.method", method),
             KeyValue::new("url.path", uri.path().to_owned()),
-            KeyValue::new("network.protocol.version", version_text(version)),
         ]);
         let span = inner.tracer.build_with_context(builder, &parent);
-        Some(RequestSpan { cx: parent.with_span(span), inner: inner.clone() })
+        // The parent of the spans under it: its context alone, which costs
+        // the request path less than the span itself behind a lock.
+        let cx = parent.with_remote_span_context(span.span_context().clone());
+        Some(RequestSpan { span, cx, inner: inner.clone() })
     }
 
     /// A span for a call to one of Truedat's session routes, under `parent`
@@ -135,6 +139,8 @@ impl Parent {
 /// access line's duration), ended exactly once by [`RequestSpan::finish`]
 /// or, if the client went away, by its drop.
 pub struct RequestSpan {
+    span: Span,
+    /// The parent of the spans under it: `span`'s context (local, not remote).
     cx: Context,
     inner: Arc<Inner>,
 }
@@ -152,8 +158,7 @@ impl RequestSpan {
     /// `trace_id` and `span_id` for the access line, when the request is
     /// sampled (they print as W3C's lowercase hex).
     pub fn ids(&self) -> Option<(TraceId, SpanId)> {
-        let span = self.cx.span();
-        let context = span.span_context();
+        let context = self.span.span_context();
         context.is_sampled().then(|| (context.trace_id(), context.span_id()))
     }
 
@@ -162,14 +167,13 @@ impl RequestSpan {
         Parent(Some(self.cx.clone()))
     }
 
-    /// The client span of one try, sent to `uri`.
-    pub fn attempt(&self, method: &Method, uri: &Uri, attempt: Attempt) -> TrySpan {
+    /// The client span of one try.
+    pub fn attempt(&self, method: &Method, attempt: Attempt) -> TrySpan {
         let (name, method) = method_names(method);
         let mut attributes = vec![
             KeyValue::new("http.request.method", method),
             KeyValue::new("server.address", self.inner.server_address.clone()),
             KeyValue::new("server.port", self.inner.server_port),
-            KeyValue::new("url.path", uri.path().to_owned()),
         ];
         if attempt.resends > 0 {
             attributes.push(KeyValue::new("http.request.resend_count", i64::from(attempt.resends)));
@@ -181,23 +185,21 @@ impl RequestSpan {
             attributes.push(KeyValue::new("truedat_proxy.replay", true));
         }
         let builder = SpanBuilder::from_name(name).with_kind(SpanKind::Client).with_attributes(attributes);
-        let span = self.inner.tracer.build_with_context(builder, &self.cx);
-        TrySpan { cx: self.cx.with_span(span) }
+        TrySpan(self.inner.tracer.build_with_context(builder, &self.cx))
     }
 
     /// A span over a wait for a token (the first one, or the one a 401
     /// asked for), ended when the returned guard is dropped.
     pub fn waiting(&self, what: &'static str) -> Waiting {
         let builder = SpanBuilder::from_name(what).with_kind(SpanKind::Internal);
-        let span = self.inner.tracer.build_with_context(builder, &self.cx);
-        Waiting(self.cx.with_span(span))
+        Waiting(self.inner.tracer.build_with_context(builder, &self.cx))
     }
 
     /// Ends the span with the request's outcome. A 5xx is an error (SPEC
     /// §11: the proxy's own; the HTTP conventions add Truedat's), described
     /// by the proxy's message or by the status Truedat answered.
-    pub fn finish(self, outcome: Outcome<'_>) {
-        let span = self.cx.span();
+    pub fn finish(mut self, outcome: Outcome<'_>) {
+        let span = &mut self.span;
         span.set_attributes([
             KeyValue::new("http.response.status_code", i64::from(outcome.status.as_u16())),
             KeyValue::new("truedat_proxy.attempts", i64::from(outcome.attempts)),
@@ -227,22 +229,20 @@ pub struct Attempt {
 }
 
 /// The client span of one try.
-pub struct TrySpan {
-    cx: Context,
-}
+pub struct TrySpan(Span);
 
 impl TrySpan {
     /// Sets the try's `traceparent` (replacing the client's) and the
     /// `tracestate` carried from the client, or removes a stale one.
     pub fn inject(&self, headers: &mut HeaderMap) {
-        inject(&self.cx, headers);
+        inject(self.0.span_context(), headers);
     }
 
     /// Truedat answered: its status, and the HTTP version of the answer.
     /// A status of 400 or more is an error, as the HTTP conventions say
     /// for client spans.
-    pub fn answered(self, status: StatusCode, version: Version) {
-        let span = self.cx.span();
+    pub fn answered(mut self, status: StatusCode, version: Version) {
+        let span = &mut self.0;
         span.set_attributes([
             KeyValue::new("http.response.status_code", i64::from(status.as_u16())),
             KeyValue::new("network.protocol.version", version_text(version)),
@@ -257,8 +257,8 @@ impl TrySpan {
     /// The try failed without an answer: `kind` (`connect`, `tls`,
     /// `timeout`, `protocol`…) and the proxy's description, which holds no
     /// request data.
-    pub fn failed(self, kind: &'static str, description: String) {
-        let span = self.cx.span();
+    pub fn failed(mut self, kind: &'static str, description: String) {
+        let span = &mut self.0;
         span.set_attribute(KeyValue::new("error.type", kind));
         span.set_status(Status::error(description));
         span.end();
@@ -273,7 +273,7 @@ pub struct CallSpan {
 impl CallSpan {
     /// Sets the call's `traceparent`, so Truedat can join the trace.
     pub fn inject(&self, headers: &mut HeaderMap) {
-        inject(&self.cx, headers);
+        inject(self.cx.span().span_context(), headers);
     }
 
     /// Adds an attribute known to the caller (such as why a login happens).
@@ -299,26 +299,26 @@ impl CallSpan {
 }
 
 /// A wait, as a span ended on drop.
-pub struct Waiting(Context);
+pub struct Waiting(Span);
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        self.0.span().end();
+        self.0.end();
     }
 }
 
-/// Writes `cx`'s span as `traceparent` (W3C Trace Context §3.2: version 00,
+/// Writes `context` as `traceparent` (W3C Trace Context §3.2: version 00,
 /// trace id, parent id, the sampled flag) and its trace state as
 /// `tracestate`, which is left out when empty.
-fn inject(cx: &Context, headers: &mut HeaderMap) {
-    let span = cx.span();
-    let context = span.span_context();
+fn inject(context: &SpanContext, headers: &mut HeaderMap) {
     if !context.is_valid() {
         return;
     }
-    let flags = if context.is_sampled() { 1 } else { 0 };
-    let parent = format!("00-{}-{}-{flags:02x}", context.trace_id(), context.span_id());
-    headers.insert(TRACEPARENT.clone(), HeaderValue::try_from(parent).expect("hex digits and dashes"));
+    headers.insert(TRACEPARENT.clone(), traceparent(context));
+    if context.trace_state() == &opentelemetry::trace::TraceState::NONE {
+        headers.remove(&TRACESTATE);
+        return;
+    }
     match HeaderValue::try_from(context.trace_state().header()) {
         Ok(state) if !state.is_empty() => {
             headers.insert(TRACESTATE.clone(), state);
@@ -327,6 +327,24 @@ fn inject(cx: &Context, headers: &mut HeaderMap) {
             headers.remove(&TRACESTATE);
         }
     }
+}
+
+/// `00-{trace id}-{span id}-{flags}` in lowercase hex, written without the
+/// formatting machinery: it is on every try's path.
+fn traceparent(context: &SpanContext) -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [b'-'; 55];
+    text[..2].copy_from_slice(b"00");
+    let trace = context.trace_id().to_bytes();
+    let span = context.span_id().to_bytes();
+    let flags = [u8::from(context.is_sampled())];
+    for (bytes, at) in [(&trace[..], 3), (&span[..], 36), (&flags[..], 53)] {
+        for (i, byte) in bytes.iter().enumerate() {
+            text[at + 2 * i] = HEX[usize::from(byte >> 4)];
+            text[at + 2 * i + 1] = HEX[usize::from(byte & 0xf)];
+        }
+    }
+    HeaderValue::from_bytes(&text).expect("hex digits and dashes are a valid header value")
 }
 
 /// The span name and the `http.request.method` of `method`: the HTTP
@@ -366,20 +384,19 @@ impl Extractor for Headers<'_> {
 
 #[cfg(test)]
 mod tests {
-    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    use opentelemetry::trace::{TraceFlags, TraceState};
 
     use super::*;
 
-    fn remote(flags: TraceFlags, state: &str) -> Context {
+    fn remote(flags: TraceFlags, state: &str) -> SpanContext {
         let state = if state.is_empty() { TraceState::default() } else { state.parse().unwrap() };
-        let context = SpanContext::new(
+        SpanContext::new(
             TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
             SpanId::from_hex("00f067aa0ba902b7").unwrap(),
             flags,
             true,
             state,
-        );
-        Context::new().with_remote_span_context(context)
+        )
     }
 
     #[test]
@@ -400,7 +417,7 @@ mod tests {
     fn nothing_is_written_without_a_valid_span() {
         let mut headers = HeaderMap::new();
         headers.insert(&TRACEPARENT, HeaderValue::from_static("from-the-client"));
-        inject(&Context::new(), &mut headers);
+        inject(&SpanContext::empty_context(), &mut headers);
         assert_eq!(headers[&TRACEPARENT], "from-the-client");
     }
 
@@ -415,7 +432,7 @@ mod tests {
         let off = Tracer::default();
         assert!(!off.is_on());
         let headers = HeaderMap::new();
-        assert!(off.request(&Method::GET, &Uri::from_static("/x"), Version::HTTP_11, &headers).is_none());
+        assert!(off.request(&Method::GET, &Uri::from_static("/x"), &headers).is_none());
         assert!(off.call(Call::Login, &Method::POST, "/api/sessions", &Parent::none()).is_none());
     }
 }

@@ -38,6 +38,7 @@ use opentelemetry_sdk::trace::{
 use crate::config::{self, ProxyEnv, TracingSettings, Upstream};
 use crate::origin::Origin;
 use crate::replay::UpstreamBody;
+use crate::telemetry::SpanDrop;
 use crate::units::Dur;
 use crate::{telemetry, tls, upstream};
 
@@ -159,7 +160,7 @@ impl SpanProcessor for Bounded {
     fn on_end(&self, span: SpanData) {
         if self.queued.fetch_add(1, Ordering::AcqRel) >= self.capacity {
             self.queued.fetch_sub(1, Ordering::AcqRel);
-            telemetry::record_spans_dropped(telemetry::DROPPED_QUEUE_FULL, 1);
+            telemetry::record_spans_dropped(SpanDrop::QueueFull, 1);
             return;
         }
         self.inner.on_end(span);
@@ -192,7 +193,7 @@ impl<E: SpanExporter> SpanExporter for Counted<E> {
         self.queued.fetch_sub(spans, Ordering::AcqRel);
         let result = self.inner.export(batch).await;
         if result.is_err() {
-            telemetry::record_spans_dropped(telemetry::DROPPED_EXPORT_FAILED, spans as u64);
+            telemetry::record_spans_dropped(SpanDrop::ExportFailed, spans as u64);
         }
         result
     }
