@@ -31,11 +31,21 @@ fn upload_head(path: &str, len: usize) -> Vec<u8> {
 /// The client wrote everything, then read the whole `status` answer, and
 /// the connection was closed after it.
 fn assert_answered(seen: &SendThenRead, status: u16, case: &str) {
+    assert_answered_then(seen, status, case);
+    assert_eq!(seen.response.header("connection").as_deref(), Some("close"), "{case}: {}", head_of(seen));
+}
+
+/// The client wrote everything, then read the whole `status` answer; the
+/// connection closed after it exactly when the answer said
+/// `Connection: close`. (A Truedat that keeps reading may have taken the
+/// whole body by the time the answer is ready, the 401 case waiting for its
+/// session check: then nothing is left to drain and the connection stays.)
+fn assert_answered_then(seen: &SendThenRead, status: u16, case: &str) {
     assert_eq!(seen.write_error, None, "{case}: the client could not send its body");
     assert_eq!(seen.response.status(), Some(status), "{case}: {}", head_of(seen));
     assert!(seen.response.complete, "{case}: incomplete answer: {}", head_of(seen));
-    assert_eq!(seen.response.header("connection").as_deref(), Some("close"), "{case}: {}", head_of(seen));
-    assert!(seen.closed_after, "{case}: the connection stayed open after the answer");
+    let close = seen.response.header("connection").as_deref() == Some("close");
+    assert_eq!(seen.closed_after, close, "{case}: closed after the answer: {}; {}", seen.closed_after, head_of(seen));
 }
 
 fn head_of(seen: &SendThenRead) -> String {
@@ -62,7 +72,11 @@ async fn a_client_that_sends_before_it_reads_gets_the_early_answer_on_both_paths
             fake.set_early_answer(Some(EarlyAnswer { over: INGRESS_LIMIT, status, then }));
             let started = Instant::now();
             let seen = send_then_read(proxy.proxy, upload_head("/api/upload", body_len), body_len, PATIENCE).await;
-            assert_answered(&seen, status, &case);
+            match then {
+                // Truedat took only part of the body: the rest is drained, then closed.
+                AfterEarly::Close => assert_answered(&seen, status, &case),
+                AfterEarly::KeepReading => assert_answered_then(&seen, status, &case),
+            }
             assert!(started.elapsed() < PATIENCE, "{case}: took {:?}", started.elapsed());
             let uploads = fake.data_requests().iter().filter(|r| r.uri.path() == "/api/upload").count();
             assert_eq!(uploads, 1, "{case}: an early answer is not a reason to send the upload again");
@@ -147,7 +161,10 @@ except ImportError:
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(output.status.success(), "{hop}, {then:?}: {stdout}{stderr}");
         let words: Vec<&str> = stdout.split_whitespace().collect();
-        assert_eq!(words.get(1..), Some(&["413", "close"][..]), "{hop}, {then:?}: {stdout}{stderr}");
+        assert_eq!(words.get(1), Some(&"413"), "{hop}, {then:?}: {stdout}{stderr}");
+        if then == AfterEarly::Close {
+            assert_eq!(words.get(2), Some(&"close"), "{hop}, {then:?}: the rest was drained: {stdout}");
+        }
         proxy.stop().await;
     }
 }
