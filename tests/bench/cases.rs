@@ -179,6 +179,10 @@ pub enum Via {
     Nginx,
     /// wrk to truedat-auth-proxy.
     Ours,
+    /// wrk to truedat-auth-proxy with tracing on (`BENCH_TRACING=1`).
+    Traced,
+    /// wrk to another build of truedat-auth-proxy (`BENCH_BASELINE`).
+    Baseline,
 }
 
 impl Via {
@@ -187,6 +191,13 @@ impl Via {
             Via::Direct => "direct",
             Via::Nginx => "nginx",
             Via::Ours => "ours",
+            Via::Traced => "traced",
+            Via::Baseline => "baseline",
         }
+    }
+
+    /// A truedat-auth-proxy, whichever: errors through it fail the run.
+    pub fn is_ours(self) -> bool {
+        matches!(self, Via::Ours | Via::Traced | Via::Baseline)
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::cases::{Case, Group, Upstream, Via};
 use super::nginx::{self, ProxyNginx, UpstreamNginx};
-use super::ours::Ours;
+use super::ours::{Flavour, Ours};
 use super::report::{GroupMemory, Memory, Results, Sample, Why};
 use super::sample::{self, RssPeak};
 use super::settings::Settings;
@@ -29,6 +29,9 @@ pub struct Context<'a> {
     pub ticks_per_second: f64,
     /// Whether perf can count (see [`perf::available`]).
     pub perf: bool,
+    /// The flavours of truedat-auth-proxy measured: this build, and the
+    /// tracing comparison's when asked for.
+    pub flavours: &'a [Flavour],
 }
 
 /// One path of a case: where wrk sends its load and whose CPU it costs.
@@ -45,9 +48,11 @@ pub fn run(context: &Context<'_>, group: Group, cases: &[Case], results: &mut Re
     eprintln!("== {group}: starting nginx and truedat-auth-proxy");
     let upstream_url = context.upstream.url_for(group.upstream);
     let nginx = ProxyNginx::start(context.nginx, context.nginx_dir, group, context.upstream, context.token);
-    let mut ours = Ours::start(context.work_dir, group, &upstream_url, &context.nginx_dir.join("ca.pem"));
-    results.ready.push(ours.ready_after);
-    let targets = [
+    let ca = context.nginx_dir.join("ca.pem");
+    let mut proxies: Vec<Ours> =
+        context.flavours.iter().map(|f| Ours::start(context.work_dir, group, &upstream_url, &ca, f)).collect();
+    results.ready.push(proxies[0].ready_after);
+    let mut targets = vec![
         Target {
             via: Via::Direct,
             base_url: upstream_url.clone(),
@@ -60,16 +65,31 @@ pub fn run(context: &Context<'_>, group: Group, cases: &[Case], results: &mut Re
             pids: nginx.process.family(),
             bearer: None,
         },
-        Target {
-            via: Via::Ours,
-            base_url: format!("http://127.0.0.1:{}", ours.port),
-            pids: vec![ours.process.pid()],
-            bearer: None,
-        },
     ];
+    for (proxy, flavour) in proxies.iter().zip(context.flavours) {
+        targets.push(Target {
+            via: flavour.via,
+            base_url: format!("http://127.0.0.1:{}", proxy.port),
+            pids: vec![proxy.process.pid()],
+            bearer: None,
+        });
+    }
     // Idle: ready, before any request.
-    let mut memory_nginx = Memory { idle_kib: sample::rss_kib(&targets[1].pids), at_256_kib: None };
-    let mut memory_ours = Memory { idle_kib: sample::rss_kib(&targets[2].pids), at_256_kib: None };
+    let mut memory: Vec<(Via, Memory)> = targets[1..]
+        .iter()
+        .map(|t| (t.via, Memory { idle_kib: sample::rss_kib(&t.pids), ..Memory::default() }))
+        .collect();
+    // Idle CPU and wake-ups, all the proxies at once, when they are compared.
+    if context.flavours.len() > 1 && !context.settings.idle.is_zero() {
+        let proxies: Vec<(Via, Vec<u32>)> = targets[2..].iter().map(|t| (t.via, t.pids.clone())).collect();
+        eprintln!("== idle for {:?}", context.settings.idle);
+        let idle = sample::idle(&proxies, context.settings.idle);
+        for (via, idle) in idle {
+            if let Some((_, memory)) = memory.iter_mut().find(|(v, _)| *v == via) {
+                memory.idle = Some(idle);
+            }
+        }
+    }
     for target in &targets {
         if let Err(problem) = check(target, context) {
             panic!("{group}, via {}: {problem}", target.via.name());
@@ -85,7 +105,7 @@ pub fn run(context: &Context<'_>, group: Group, cases: &[Case], results: &mut Re
             &targets[2].base_url,
             &upstream_url,
             context.token,
-            ours.process.pid(),
+            proxies[0].process.pid(),
             context.settings.stream_bytes,
         ) {
             Ok(streaming) => results.streaming = Some(streaming),
@@ -106,8 +126,9 @@ pub fn run(context: &Context<'_>, group: Group, cases: &[Case], results: &mut Re
                     (case.connections == 256 && target.via != Via::Direct).then(|| RssPeak::start(target.pids.clone()));
                 let sample = measure(case, target, settings.run, context);
                 if let Some(peak) = peak.map(RssPeak::finish) {
-                    let memory = if target.via == Via::Nginx { &mut memory_nginx } else { &mut memory_ours };
-                    memory.at_256_kib = Some(memory.at_256_kib.unwrap_or(0).max(peak));
+                    if let Some((_, memory)) = memory.iter_mut().find(|(via, _)| *via == target.via) {
+                        memory.at_256_kib = Some(memory.at_256_kib.unwrap_or(0).max(peak));
+                    }
                 }
                 record_errors(case, target.via, "run", sample.as_ref(), results);
                 if let Ok(sample) = sample {
@@ -134,24 +155,35 @@ pub fn run(context: &Context<'_>, group: Group, cases: &[Case], results: &mut Re
     // Pooled connections outlive the load (upstream.pool_idle_timeout): with
     // HTTP/2 negotiated there is one, with HTTP/1.1 one per concurrent request.
     let upstream_port = context.upstream.port_for(group.upstream);
-    let pooled = descriptors(ours.process.pid(), upstream_port).to_port;
+    let pooled = descriptors(proxies[0].process.pid(), upstream_port).to_port;
+    let of = |via| memory.iter().find(|(v, _)| *v == via).map(|(_, m)| *m).unwrap_or_default();
     results.memory.push(GroupMemory {
         group,
-        nginx: memory_nginx,
-        ours: memory_ours,
+        nginx: of(Via::Nginx),
+        ours: of(Via::Ours),
         ours_upstream_connections: pooled,
+        flavours: memory.iter().filter(|(via, _)| *via != Via::Nginx).copied().collect(),
     });
 
-    match ours.logins() {
-        Ok(logins) if logins <= 1.0 => {}
-        Ok(logins) => results.problems.push(format!(
-            "{group}: truedat-auth-proxy logged in {logins} times (expected 1: a re-login means 401s or errors)"
-        )),
-        Err(e) => results.problems.push(format!("{group}: reading truedat-auth-proxy's metrics: {e}")),
-    }
-    let exit = ours.process.stop();
-    if exit.code() != Some(0) {
-        results.problems.push(format!("{group}: truedat-auth-proxy exited with {exit} after SIGTERM"));
+    for (proxy, flavour) in proxies.iter_mut().zip(context.flavours) {
+        let name = flavour.via.name();
+        match proxy.logins() {
+            Ok(logins) if logins <= 1.0 => {}
+            Ok(logins) => results.problems.push(format!(
+                "{group}: truedat-auth-proxy ({name}) logged in {logins} times (expected 1: a re-login means 401s or errors)"
+            )),
+            Err(e) => results.problems.push(format!("{group}: reading truedat-auth-proxy's ({name}) metrics: {e}")),
+        }
+        if flavour.via == Via::Traced {
+            match proxy.spans_dropped() {
+                Ok(dropped) => results.spans_dropped += dropped,
+                Err(e) => results.problems.push(format!("{group}: reading the traced proxy's metrics: {e}")),
+            }
+        }
+        let exit = proxy.process.stop();
+        if exit.code() != Some(0) {
+            results.problems.push(format!("{group}: truedat-auth-proxy ({name}) exited with {exit} after SIGTERM"));
+        }
     }
 }
 
@@ -217,9 +249,10 @@ fn measure_perf(case: &Case, target: &Target, context: &Context<'_>, results: &m
 fn record_errors(case: &Case, via: Via, what: &str, sample: Result<&Sample, &String>, results: &mut Results) {
     match sample {
         Err(e) => results.problems.push(format!("{} via {} ({what}): {e}", case.name(), via.name())),
-        Ok(sample) if via == Via::Ours && sample.errors.any() => results.problems.push(format!(
-            "{} via ours ({what}): {} non-2xx answers, {} socket errors",
+        Ok(sample) if via.is_ours() && sample.errors.any() => results.problems.push(format!(
+            "{} via {} ({what}): {} non-2xx answers, {} socket errors",
             case.name(),
+            via.name(),
             sample.errors.status,
             sample.errors.socket()
         )),

@@ -33,6 +33,9 @@
 //! | `BENCH_OUT_DIR` | target/bench | where reports go |
 //! | `BENCH_KEEP_TMP` | 0 | 1 keeps the run's directory (configs, logs, perf output) |
 //! | `BENCH_BINARY` | this build | another truedat-auth-proxy binary to measure (to compare two commits) |
+//! | `BENCH_TRACING` | 0 | 1 also runs ours with tracing on (every request sampled, OTLP/HTTP to a loopback collector) |
+//! | `BENCH_BASELINE` | none | another build run beside ours in the same rounds (tracing off against a build without tracing) |
+//! | `BENCH_IDLE_SECS` | 20 | with either of the two above, how long the proxies stay idle after login to measure their idle CPU and wake-ups; 0 skips it |
 //!
 //! The files, one job each: [`cases`] (what is measured), [`group`] (running
 //! one group of cases), [`nginx`] and [`ours`] (the processes under test),
@@ -40,7 +43,8 @@
 //! (syscalls and context switches), [`stream`] (the memory-flat streaming
 //! check), [`report`] (the Markdown), [`tools`] (installing what is
 //! missing), [`process`] (starting and stopping processes, ports),
-//! [`settings`] (the variables above).
+//! [`settings`] (the variables above), [`sink`] (the OpenTelemetry
+//! collector of the tracing comparison), [`tracer`] (the tracer's own cost).
 
 // Built with `--cfg test` but no test harness, so the unit tests inside
 // support/ are dropped and leave their `use super::*` unused.
@@ -57,8 +61,10 @@ mod process;
 mod report;
 mod sample;
 mod settings;
+mod sink;
 mod stream;
 mod tools;
+mod tracer;
 mod wrk;
 
 use std::os::unix::fs::PermissionsExt;
@@ -67,6 +73,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use cases::{Case, Upstream};
 use nginx::UpstreamNginx;
+use ours::Flavour;
 use report::{Environment, Results};
 use settings::Settings;
 use support::jwt::{Claims, sign};
@@ -89,8 +96,13 @@ fn main() {
     let mut results = Results {
         perf_skipped: if settings.perf { perf::available().err() } else { Some("BENCH_PERF=0".to_owned()) },
         binary_bytes: std::fs::metadata(ours::binary()).map_or(0, |m| m.len()),
+        baseline_bytes: settings.baseline.as_ref().map(|b| std::fs::metadata(b).map_or(0, |m| m.len())),
         ..Results::default()
     };
+    let sink = settings.tracing.then(sink::Sink::start);
+    let mut flavours = vec![Flavour::ours()];
+    flavours.extend(sink.as_ref().map(|sink| Flavour::traced(&sink.endpoint())));
+    flavours.extend(settings.baseline.as_deref().map(Flavour::baseline));
     let environment = environment(&settings, &nginx_binary, &cases);
 
     let work = work_dir();
@@ -112,12 +124,23 @@ fn main() {
         token: &token,
         ticks_per_second: sample::ticks_per_second(),
         perf: results.perf_skipped.is_none(),
+        flavours: &flavours,
     };
     for group in cases::groups(&cases) {
         let group_cases: Vec<Case> = cases.iter().filter(|case| case.group == group).copied().collect();
         group::run(&context, group, &group_cases, &mut results);
     }
     drop(upstream);
+    if let Some(sink) = &sink {
+        eprintln!("== the tracer alone, in this process");
+        results.tracer = tracer::measure(&sink.endpoint());
+        let received = &sink.received;
+        let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+        results.collected = Some((load(&received.exports), load(&received.spans), load(&received.undecodable)));
+        if load(&received.undecodable) > 0 || load(&received.spans) == 0 {
+            results.problems.push("the collector got no spans, or exports that were not OTLP protobuf".to_owned());
+        }
+    }
 
     let report = results.render(&cases, &environment);
     println!("{report}");

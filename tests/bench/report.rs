@@ -1,7 +1,8 @@
 //! What a run found, and the Markdown it prints: one table of throughput,
 //! CPU and latency ratios per case (the README's), one of perf counts per
 //! request, one of memory per group, then streaming and start-up facts, all
-//! headed by the machine and commit it ran on.
+//! headed by the machine and commit it ran on; with the tracing comparison,
+//! one table of ours against ours with tracing on and against a baseline build.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use super::cases::{Case, Group, Via};
 use super::perf;
+use super::sample::Idle;
 use super::stream::Streaming;
 use super::wrk::Errors;
 
@@ -57,6 +59,8 @@ pub struct Memory {
     pub idle_kib: u64,
     /// Peak during the 256-connection runs, if the group had one.
     pub at_256_kib: Option<u64>,
+    /// CPU and wake-ups while idle after login (the tracing comparison only).
+    pub idle: Option<Idle>,
 }
 
 /// What a group's proxies cost in memory.
@@ -67,6 +71,9 @@ pub struct GroupMemory {
     /// truedat-auth-proxy's connections to the upstream after the load (one
     /// when HTTP/2 was negotiated).
     pub ours_upstream_connections: usize,
+    /// Every truedat-auth-proxy of the group: ours, and the tracing
+    /// comparison's traced and baseline ones when measured.
+    pub flavours: Vec<(Via, Memory)>,
 }
 
 /// Where and on what a run happened.
@@ -94,6 +101,15 @@ pub struct Results {
     pub streaming: Option<Streaming>,
     pub ready: Vec<Duration>,
     pub binary_bytes: u64,
+    /// The size of the `BENCH_BASELINE` binary, when there is one.
+    pub baseline_bytes: Option<u64>,
+    /// What the loopback collector of the traced proxies received:
+    /// (exports, spans, exports that were not OTLP protobuf).
+    pub collected: Option<(u64, u64, u64)>,
+    /// `truedat_proxy_trace_spans_dropped_total` of the traced proxies, summed.
+    pub spans_dropped: f64,
+    /// The tracer alone: CPU µs per request, by sampler.
+    pub tracer: Vec<(&'static str, f64)>,
     /// Failed checks: any makes the run fail.
     pub problems: Vec<String>,
 }
@@ -144,6 +160,7 @@ impl Results {
         self.render_why(&mut out, cases);
         self.render_perf(&mut out, cases);
         self.render_memory(&mut out);
+        self.render_tracing(&mut out, cases);
         self.render_other(&mut out);
         if self.problems.is_empty() {
             let _ = writeln!(
@@ -308,6 +325,115 @@ impl Results {
             ]);
         }
         let _ = writeln!(out, "{}", table.render());
+    }
+
+    /// The tracing comparison: ours with tracing off against ours with
+    /// tracing on (every request sampled) and against a baseline build, run
+    /// round after round beside each other.
+    fn render_tracing(&self, out: &mut String, cases: &[Case]) {
+        let measured = |via| cases.iter().any(|case| self.samples.contains_key(&(case.name(), via)));
+        if !measured(Via::Traced) && !measured(Via::Baseline) {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "Tracing: ours (tracing off) against ours with tracing on (every request sampled, OTLP/HTTP to a loopback collector) and against the baseline build (`BENCH_BASELINE`); CPU µs per request from /proc (1e6 / req per CPU-s){}; medians over the rounds:\n",
+            if self.perf_skipped.is_none() { " and from perf's task-clock" } else { "" }
+        );
+        let mut table = Table::new(&[
+            "case",
+            "req/s baseline",
+            "req/s ours",
+            "req/s traced",
+            "CPU µs/req baseline",
+            "CPU µs/req ours",
+            "CPU µs/req traced",
+            "CPU ours/baseline",
+            "CPU traced/ours",
+            "perf CPU µs baseline / ours / traced",
+            "p99 ours (ms)",
+            "p99 traced (ms)",
+        ]);
+        for case in cases {
+            let rps = |via| self.median(case, via, |s| Some(s.rps));
+            let cpu_us = |via| self.median(case, via, |s| s.per_cpu_second().map(|r| 1e6 / r));
+            let p99 = |via| fixed(self.median(case, via, |s| Some(s.p99_us)).map(|us| us / 1000.0), 2);
+            let perf = |via| fixed(self.per_request(case, via, |c| c.task_clock_ms * 1000.0), 1);
+            table.row(vec![
+                case.describe(),
+                whole(rps(Via::Baseline)),
+                whole(rps(Via::Ours)),
+                whole(rps(Via::Traced)),
+                fixed(cpu_us(Via::Baseline), 1),
+                fixed(cpu_us(Via::Ours), 1),
+                fixed(cpu_us(Via::Traced), 1),
+                ratio(cpu_us(Via::Ours), cpu_us(Via::Baseline)),
+                ratio(cpu_us(Via::Traced), cpu_us(Via::Ours)),
+                format!("{} / {} / {}", perf(Via::Baseline), perf(Via::Ours), perf(Via::Traced)),
+                p99(Via::Ours),
+                p99(Via::Traced),
+            ]);
+        }
+        let _ = writeln!(out, "{}", table.render());
+        let mib =
+            |m: Option<&Memory>, at: fn(&Memory) -> Option<u64>| fixed(m.and_then(at).map(|k| k as f64 / 1024.0), 1);
+        let mut memory = Table::new(&[
+            "proxies",
+            "idle RSS baseline / ours / traced (MiB)",
+            "at 256 baseline / ours / traced (MiB)",
+            "idle CPU baseline / ours / traced (µs/s)",
+            "idle wake-ups baseline / ours / traced (/s)",
+        ]);
+        for m in &self.memory {
+            let of = |via| m.flavours.iter().find(|(v, _)| *v == via).map(|(_, memory)| memory);
+            let column = |at: fn(&Memory) -> Option<u64>| {
+                format!("{} / {} / {}", mib(of(Via::Baseline), at), mib(of(Via::Ours), at), mib(of(Via::Traced), at))
+            };
+            let idle = |value: fn(&Idle) -> f64, digits: usize| {
+                let one = |via| fixed(of(via).and_then(|m| m.idle.as_ref()).map(value), digits);
+                format!("{} / {} / {}", one(Via::Baseline), one(Via::Ours), one(Via::Traced))
+            };
+            memory.row(vec![
+                m.group.to_string(),
+                column(|m| Some(m.idle_kib)),
+                column(|m| m.at_256_kib),
+                idle(|i| i.cpu_us_per_second, 1),
+                idle(|i| i.wakeups_per_second, 2),
+            ]);
+        }
+        let _ = writeln!(out, "{}", memory.render());
+        if let Some((exports, spans, undecodable)) = self.collected {
+            let requests: u64 = cases
+                .iter()
+                .filter_map(|c| self.samples.get(&(c.name(), Via::Traced)))
+                .flatten()
+                .map(|s| s.requests)
+                .sum();
+            let _ = writeln!(
+                out,
+                "- the loopback collector received {spans} spans in {exports} exports ({undecodable} not OTLP protobuf); {requests} requests went through the traced proxy in the measured runs (warm-ups and perf runs besides); it dropped {} spans",
+                self.spans_dropped
+            );
+        }
+        if !self.tracer.is_empty() {
+            let each: Vec<String> =
+                self.tracer.iter().map(|(sampler, us)| format!("{us:.2} µs ({sampler} sampled)")).collect();
+            let _ = writeln!(
+                out,
+                "- the tracer alone (a loop making each request's spans and traceparent, exporting to the same collector, 20,000 requests/s; CPU of the loop's and the export thread): {} per request",
+                each.join(", ")
+            );
+        }
+        if let Some(baseline) = self.baseline_bytes {
+            let grown = self.binary_bytes as f64 - baseline as f64;
+            let _ = writeln!(
+                out,
+                "- binaries: baseline {baseline} bytes, this build {} bytes ({grown:+.0} bytes, {:+.2} MB)",
+                self.binary_bytes,
+                grown / 1e6
+            );
+        }
+        let _ = writeln!(out);
     }
 
     fn render_other(&self, out: &mut String) {

@@ -57,6 +57,56 @@ pub fn rss_kib(pids: &[u32]) -> u64 {
         .sum()
 }
 
+/// What processes cost while idle, over a span of time.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Idle {
+    /// CPU time per second, in µs (`/proc/PID/task/*/schedstat`: nanoseconds
+    /// on CPU, far finer than `/proc/PID/stat`'s 10 ms ticks).
+    pub cpu_us_per_second: f64,
+    /// Voluntary context switches per second, every thread: its wake-ups.
+    pub wakeups_per_second: f64,
+}
+
+/// Nanoseconds on CPU and voluntary context switches of every thread of `pids`.
+fn cpu_ns_and_wakeups(pids: &[u32]) -> (u64, u64) {
+    let mut totals = (0, 0);
+    for pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let read = |file: &str| std::fs::read_to_string(task.path().join(file)).unwrap_or_default();
+            totals.0 += read("schedstat").split_whitespace().next().and_then(|ns| ns.parse::<u64>().ok()).unwrap_or(0);
+            totals.1 += read("status")
+                .lines()
+                .find_map(|line| line.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    totals
+}
+
+/// What each of `processes` costs while nothing happens for `duration`
+/// (measured together, so that they share the machine's conditions).
+pub fn idle<K: Copy>(processes: &[(K, Vec<u32>)], duration: Duration) -> Vec<(K, Idle)> {
+    let before: Vec<(u64, u64)> = processes.iter().map(|(_, pids)| cpu_ns_and_wakeups(pids)).collect();
+    std::thread::sleep(duration);
+    let seconds = duration.as_secs_f64();
+    processes
+        .iter()
+        .zip(before)
+        .map(|((key, pids), (cpu0, wake0))| {
+            let (cpu1, wake1) = cpu_ns_and_wakeups(pids);
+            let idle = Idle {
+                cpu_us_per_second: cpu1.saturating_sub(cpu0) as f64 / 1e3 / seconds,
+                wakeups_per_second: wake1.saturating_sub(wake0) as f64 / seconds,
+            };
+            (*key, idle)
+        })
+        .collect()
+}
+
 /// A thread reading the summed `VmRSS` of some processes every
 /// [`RSS_EVERY`] and keeping the largest.
 pub struct RssPeak {

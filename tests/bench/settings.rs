@@ -28,6 +28,17 @@ pub struct Settings {
     pub keep_tmp: bool,
     /// Where the report is written (`BENCH_OUT_DIR`, default `target/bench`).
     pub out_dir: PathBuf,
+    /// Also run ours with tracing on, every request sampled, exporting to a
+    /// loopback collector (`BENCH_TRACING=1`).
+    pub tracing: bool,
+    /// Also run this other build of truedat-auth-proxy (`BENCH_BASELINE`,
+    /// a path), side by side with this one: tracing off against a build
+    /// without tracing.
+    pub baseline: Option<String>,
+    /// With the tracing comparison, how long every proxy of a group is left
+    /// idle after login, to measure its idle CPU and wake-ups
+    /// (`BENCH_IDLE_SECS`, default 20; 0 skips it).
+    pub idle: Duration,
 }
 
 impl Settings {
@@ -48,6 +59,9 @@ impl Settings {
             keep_tmp: var("BENCH_KEEP_TMP").is_some_and(|v| v == "1"),
             out_dir: var("BENCH_OUT_DIR")
                 .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench"), PathBuf::from),
+            tracing: var("BENCH_TRACING").is_some_and(|v| v == "1"),
+            baseline: var("BENCH_BASELINE"),
+            idle: Duration::from_secs(number("BENCH_IDLE_SECS", 20)),
         }
     }
 }
