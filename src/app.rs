@@ -1,13 +1,15 @@
 //! Assembles the proxy: binds both listeners (so port 0 works and the real
-//! addresses are known before anything runs), starts the renewer and the TLS
-//! material watcher (and, when tracing is on, the span export), serves until
-//! shutdown is triggered, then drains in the order of SPEC §7.
+//! addresses are known before anything runs; with several worker threads,
+//! one proxy listener per thread, see [`workers`]), starts the renewer and
+//! the TLS material watcher (and, when tracing is on, the span export),
+//! serves until shutdown is triggered, then drains in the order of SPEC §7.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +26,7 @@ use crate::telemetry;
 use crate::tls;
 use crate::trace::{self, export::Pipeline};
 use crate::upstream;
+use crate::workers::{self, Job, Workers};
 
 /// hyper's smallest allowed read buffer.
 const MIN_BUF_SIZE: usize = 8192;
@@ -40,6 +43,8 @@ pub enum StartError {
     Upstream(#[from] upstream::BuildError),
     #[error(transparent)]
     Tracing(#[from] trace::export::SetupError),
+    #[error("runtime.worker_threads: cannot start a worker thread: {0}")]
+    Worker(std::io::Error),
 }
 
 impl From<tls::Error> for StartError {
@@ -70,7 +75,15 @@ pub struct App {
     /// Taken by `run`.
     listeners: Option<(TcpListener, TcpListener)>,
     auth: Arc<Auth>,
+    /// The forwarding service of the main runtime's listener.
     proxy: Arc<Proxy>,
+    /// How every proxy listener is served and drained.
+    serving: Serving,
+    /// The other threads' listeners, when `runtime.worker_threads` asks for
+    /// more than one; taken by `run`.
+    workers: Option<Workers>,
+    /// The forwarding services of those threads, for the drain report.
+    worker_proxies: Vec<Arc<Proxy>>,
     sessions: Arc<Sessions>,
     /// The TLS material every new upstream connection reads; watched while running.
     tls: Arc<tls::Material>,
@@ -90,7 +103,8 @@ impl App {
         let origin = config.origin();
         let tls = Arc::new(tls::Material::load(&config.upstream, origin.is_https())?);
         let clients = upstream::build(&config.upstream, &config.proxy_env, &origin, tls.clone())?;
-        let proxy_listener = bind("listen.address", config.listen.address).await?;
+        let threads = workers::listeners(config.runtime.worker_threads);
+        let (proxy_listener, worker_listeners) = bind_proxy(config.listen.address, threads)?;
         let admin_listener = bind("admin.address", config.admin.address).await?;
         let bound = Bound {
             proxy: local_addr("listen.address", &proxy_listener)?,
@@ -113,10 +127,27 @@ impl App {
             token.login_timeout.0,
             tracer.clone(),
         ));
-        let liveness = Liveness::new(sessions.clone());
+        let liveness = Arc::new(Liveness::new(sessions.clone()));
         let proxy = Arc::new(Proxy::new(auth.clone(), liveness, &clients, &config, tracer));
+        let serving = Serving::new(&config, threads);
+        let worker_proxies: Vec<_> =
+            worker_listeners.iter().map(|_| Arc::new(proxy.for_thread(&clients.for_thread()))).collect();
+        let workers = start_workers(worker_listeners, &worker_proxies, &serving).await?;
         let listeners = Some((proxy_listener, admin_listener));
-        Ok(App { config, listeners, auth, proxy, sessions, tls, tls_poll: tls::POLL_INTERVAL, bound, spans })
+        Ok(App {
+            config,
+            listeners,
+            auth,
+            proxy,
+            serving,
+            workers,
+            worker_proxies,
+            sessions,
+            tls,
+            tls_poll: tls::POLL_INTERVAL,
+            bound,
+            spans,
+        })
     }
 
     /// Checks the TLS files every `every` instead of `tls::POLL_INTERVAL`
@@ -142,19 +173,28 @@ impl App {
         let upkeep = tokio::spawn(metrics_upkeep(tasks.child_token()));
         let tls_watch = tokio::spawn(self.tls.clone().watch(self.tls_poll, tasks.child_token()));
         let admin = self.serve_admin(admin_listener, shutdown.clone(), tasks.child_token());
-        let stop_accepting = CancellationToken::new();
-        let drain = Drain::default();
-        let proxy = self.serve_proxy(proxy_listener, stop_accepting.clone(), drain.clone());
+        let proxy = tokio::spawn(serve_proxy(proxy_listener, self.proxy.clone(), self.serving.clone()));
+        let mut workers = self.workers.take();
+        if let Some(workers) = &mut workers {
+            workers.start();
+        }
         tracing::info!(proxy = %self.bound.proxy, admin = %self.bound.admin, upstream = %self.config.origin().authority(), "truedat-auth-proxy started");
 
         shutdown.cancelled().await;
         let settings = &self.config.shutdown;
         tracing::info!(delay_ms = settings.delay.0.as_millis() as u64, "shutdown begun: readiness is now 503");
         tokio::time::sleep(settings.delay.0).await;
-        stop_accepting.cancel();
+        self.serving.stop.cancel();
         let _ = proxy.await;
+        if let Some(workers) = &mut workers {
+            workers.stopped().await;
+        }
         let drain_deadline = Instant::now() + settings.drain_timeout.0;
-        let outcome = self.drain(drain, settings.drain_timeout.0).await;
+        let outcome = self.drain(settings.drain_timeout.0).await;
+        if let Some(workers) = workers {
+            // Drained, or the drain timed out: what is left is cut.
+            workers.end().await;
+        }
         tasks.cancel();
         let issued = renewer.await.unwrap_or_default();
         self.logout(issued).await;
@@ -166,26 +206,6 @@ impl App {
         upkeep.abort();
         let _ = tls_watch.await;
         outcome
-    }
-
-    fn serve_proxy(&self, listener: TcpListener, stop: CancellationToken, drain: Drain) -> JoinHandle<()> {
-        let proxy = self.proxy.clone();
-        let max_head = self.config.proxy.max_request_header_bytes.0 as usize;
-        let limits = Limits {
-            max_connections: self.config.listen.max_connections,
-            // Heads up to the limit reach our handler, which answers 431 in
-            // JSON; only far larger ones are cut by hyper itself.
-            max_buf_size: (max_head * 2).max(MIN_BUF_SIZE),
-            header_read_timeout: self.config.listen.header_read_timeout.0,
-            send_timeout: self.config.listen.send_timeout.0,
-            evict_idle: false,
-        };
-        // Each client connection gets its own link to Truedat.
-        let handler = move |_peer| {
-            let (proxy, link) = (proxy.clone(), Arc::new(proxy.link()));
-            move |request| proxy.clone().handle(request, link.clone())
-        };
-        tokio::spawn(server::serve(listener, handler, limits, stop, drain))
     }
 
     fn serve_admin(
@@ -211,7 +231,8 @@ impl App {
         tokio::spawn(server::serve(listener, handler, limits, stop, Drain::default()))
     }
 
-    async fn drain(&self, drain: Drain, timeout: Duration) -> Outcome {
+    async fn drain(&self, timeout: Duration) -> Outcome {
+        let drain = &self.serving.drain;
         drain.signal.cancel();
         drain.tasks.close();
         match tokio::time::timeout(timeout, drain.tasks.wait()).await {
@@ -220,7 +241,7 @@ impl App {
                 Outcome::Clean
             }
             Err(_) => {
-                let cut = self.proxy.in_flight();
+                let cut = self.proxy.in_flight() + self.worker_proxies.iter().map(|p| p.in_flight()).sum::<usize>();
                 tracing::error!(
                     requests_cut = cut,
                     timeout_ms = timeout.as_millis() as u64,
@@ -256,6 +277,82 @@ impl App {
             tracing::warn!("logging out took longer than token.login_timeout; giving up on the rest");
         }
     }
+}
+
+/// How the proxy listeners are served: the same on every thread.
+#[derive(Clone)]
+struct Serving {
+    limits: Limits,
+    /// With several listeners, the `listen.max_connections` slots they all take from.
+    shared_slots: Option<Arc<Semaphore>>,
+    /// Fired at shutdown: every listener closes.
+    stop: CancellationToken,
+    /// Every client connection of every thread.
+    drain: Drain,
+}
+
+impl Serving {
+    fn new(config: &Config, listeners: usize) -> Serving {
+        let max_head = config.proxy.max_request_header_bytes.0 as usize;
+        let limits = Limits {
+            max_connections: config.listen.max_connections,
+            // Heads up to the limit reach our handler, which answers 431 in
+            // JSON; only far larger ones are cut by hyper itself.
+            max_buf_size: (max_head * 2).max(MIN_BUF_SIZE),
+            header_read_timeout: config.listen.header_read_timeout.0,
+            send_timeout: config.listen.send_timeout.0,
+            evict_idle: false,
+        };
+        let shared_slots = (listeners > 1).then(|| Arc::new(Semaphore::new(limits.max_connections)));
+        Serving { limits, shared_slots, stop: CancellationToken::new(), drain: Drain::default() }
+    }
+}
+
+/// Serves the proxy `listener` with `proxy` until `serving.stop` fires.
+async fn serve_proxy(listener: TcpListener, proxy: Arc<Proxy>, serving: Serving) {
+    // Each client connection gets its own link to Truedat.
+    let handler = move |_peer| {
+        let (proxy, link) = (proxy.clone(), Arc::new(proxy.link()));
+        move |request| proxy.clone().handle(request, link.clone())
+    };
+    let Serving { limits, shared_slots, stop, drain } = serving;
+    match shared_slots {
+        Some(slots) => server::serve_shared(listener, handler, limits, slots, stop, drain).await,
+        None => server::serve(listener, handler, limits, stop, drain).await,
+    }
+}
+
+/// The main runtime's proxy listener and those of the other threads, all on
+/// one address (see [`workers::bind`]).
+fn bind_proxy(addr: SocketAddr, count: usize) -> Result<(TcpListener, Vec<std::net::TcpListener>), StartError> {
+    let key = "listen.address";
+    let mut all = workers::bind(addr, count).map_err(|source| StartError::Bind { key, addr, source })?;
+    let others = all.split_off(1);
+    let first = all.pop().expect("workers::bind returns at least one listener");
+    let first = TcpListener::from_std(first).map_err(|source| StartError::Bind { key, addr, source })?;
+    Ok((first, others))
+}
+
+/// A thread for each of `listeners`, serving it with its own forwarding
+/// service; none for a single listener.
+async fn start_workers(
+    listeners: Vec<std::net::TcpListener>,
+    proxies: &[Arc<Proxy>],
+    serving: &Serving,
+) -> Result<Option<Workers>, StartError> {
+    if listeners.is_empty() {
+        return Ok(None);
+    }
+    let jobs = listeners
+        .into_iter()
+        .zip(proxies)
+        .map(|(listener, proxy)| {
+            let (proxy, serving) = (proxy.clone(), serving.clone());
+            let tasks = serving.drain.tasks.clone();
+            Job { listener, serve: move |listener| serve_proxy(listener, proxy, serving), tasks }
+        })
+        .collect();
+    Workers::spawn(jobs).await.map(Some).map_err(StartError::Worker)
 }
 
 async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {

@@ -27,7 +27,8 @@
 //! the renewer task that owns every login), [`admin`] (probes, metrics,
 //! `/quitquitquit`), [`tls`] (the CA and client certificate, read strictly by
 //! [`pem`] and reloaded when their files change) and [`app`], which binds,
-//! runs and shuts down in order. [`wait`] is the `wait` subcommand: a
+//! runs and shuts down in order ([`workers`]: with several threads, a
+//! runtime and a listener each). [`wait`] is the `wait` subcommand: a
 //! start-order hold for pods without native sidecars. [`inject`] is the
 //! `inject` subcommand, which adds the proxy to other workloads' manifests;
 //! nothing on the proxy's path uses it.
@@ -60,3 +61,4 @@ pub mod trace;
 pub mod units;
 pub mod upstream;
 pub mod wait;
+pub mod workers;

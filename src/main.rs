@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use truedat_auth_proxy::app::{App, Outcome, StartError};
 use truedat_auth_proxy::config::Config;
 use truedat_auth_proxy::units::Dur;
-use truedat_auth_proxy::{inject, telemetry, tls, upstream, wait};
+use truedat_auth_proxy::{inject, telemetry, tls, upstream, wait, workers};
 
 /// Exit code for an invalid configuration or command line (SPEC §1).
 const EXIT_INVALID: u8 = 2;
@@ -211,9 +211,12 @@ fn inject_manifests(args: InjectArgs) -> ExitCode {
 }
 
 /// One thread by default (see `runtime.worker_threads` in the README's
-/// Performance section for the measurements behind it).
+/// Performance section for the measurements behind it). More threads each
+/// run a current-thread runtime of their own (started by the app, see
+/// `workers`), except where the kernel cannot spread connections over them:
+/// there, tokio's work-stealing runtime.
 fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    if worker_threads == 1 {
+    if worker_threads == 1 || workers::SPREAD_BY_KERNEL {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {
         tokio::runtime::Builder::new_multi_thread().worker_threads(worker_threads).enable_all().build()

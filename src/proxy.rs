@@ -42,17 +42,21 @@ const BODY_RETURN_WAIT: Duration = Duration::from_secs(5);
 /// The forwarding service shared by every connection.
 pub struct Proxy {
     auth: Arc<Auth>,
-    /// Tells a dead token from a 401 about something else.
-    liveness: Liveness,
+    /// Tells a dead token from a 401 about something else; shared by every
+    /// thread, so a generation is checked once whichever thread saw the 401.
+    liveness: Arc<Liveness>,
     client: HttpClient,
     origin: Origin,
     policy: Policy,
-    retry: RetryPolicy,
+    /// Shared by every thread: the retry budget counts all requests.
+    retry: Arc<RetryPolicy>,
     /// Until Truedat's response headers arrive.
     request_timeout: Duration,
     /// Longest silence inside a response body.
     body_idle_timeout: Duration,
-    /// Requests being answered, for the drain report at shutdown.
+    /// Requests being answered, for the drain report at shutdown; one
+    /// count per thread, so that no cache line bounces between cores at
+    /// every request.
     in_flight: Arc<AtomicUsize>,
     /// What a new client connection's [`Link`] dials with; it also knows
     /// whether Truedat speaks HTTP/2, when requests share the pool's
@@ -64,6 +68,7 @@ pub struct Proxy {
 }
 
 /// What `[proxy]` allows, prepared once.
+#[derive(Clone)]
 struct Policy {
     methods: Vec<Method>,
     paths: PathPolicy,
@@ -97,7 +102,7 @@ impl Proxy {
     /// `auth`, tracing with `tracer`. `config` must have passed `Config::validate`.
     pub fn new(
         auth: Arc<Auth>,
-        liveness: Liveness,
+        liveness: Arc<Liveness>,
         upstream: &upstream::Clients,
         config: &Config,
         tracer: trace::Tracer,
@@ -121,13 +126,34 @@ impl Proxy {
             client: upstream.pool.clone(),
             origin: config.origin(),
             policy,
-            retry: RetryPolicy::new(&config.retry),
+            retry: Arc::new(RetryPolicy::new(&config.retry)),
             request_timeout: config.upstream.request_timeout.0,
             body_idle_timeout: config.upstream.body_idle_timeout.0,
             in_flight: Arc::default(),
             connector: upstream.connector.clone(),
             pool_idle_timeout: config.upstream.pool_idle_timeout.0,
             tracer,
+        }
+    }
+
+    /// The same forwarding service for another thread, reaching Truedat
+    /// through `upstream` (that thread's own clients) and counting its own
+    /// requests in flight; the token, the liveness checks, the retry budget
+    /// and the tracer are shared.
+    pub fn for_thread(&self, upstream: &upstream::Clients) -> Proxy {
+        Proxy {
+            auth: self.auth.clone(),
+            liveness: self.liveness.clone(),
+            client: upstream.pool.clone(),
+            origin: self.origin.clone(),
+            policy: self.policy.clone(),
+            retry: self.retry.clone(),
+            request_timeout: self.request_timeout,
+            body_idle_timeout: self.body_idle_timeout,
+            in_flight: Arc::default(),
+            connector: upstream.connector.clone(),
+            pool_idle_timeout: self.pool_idle_timeout,
+            tracer: self.tracer.clone(),
         }
     }
 

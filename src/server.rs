@@ -66,6 +66,50 @@ where
     F: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
 {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    accept_loop(listener, handlers, limits, Permits { shared: false, permits }, stop, drain).await;
+}
+
+/// [`serve`] for one of several listeners on one address (a thread each),
+/// whose connections together take at most the `permits` slots
+/// (`limits.max_connections` is not used). A connection is accepted before
+/// it waits for a slot: a listener that held a slot while waiting for a
+/// connection could keep the others' connections waiting in their backlogs
+/// (with one slot, forever). Each listener holds at most one such connection.
+pub async fn serve_shared<M, H, F>(
+    listener: TcpListener,
+    handlers: M,
+    limits: Limits,
+    permits: Arc<Semaphore>,
+    stop: CancellationToken,
+    drain: Drain,
+) where
+    M: Fn(SocketAddr) -> H,
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
+{
+    accept_loop(listener, handlers, limits, Permits { shared: true, permits }, stop, drain).await;
+}
+
+/// The connection slots of a listener.
+struct Permits {
+    /// Other listeners take from the same slots.
+    shared: bool,
+    permits: Arc<Semaphore>,
+}
+
+async fn accept_loop<M, H, F>(
+    listener: TcpListener,
+    handlers: M,
+    limits: Limits,
+    permits: Permits,
+    stop: CancellationToken,
+    drain: Drain,
+) where
+    M: Fn(SocketAddr) -> H,
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
+{
+    let Permits { shared, permits } = permits;
     // Signalled when every slot is taken: keep-alive connections then close
     // after their current exchange, so a client that pools more connections
     // than the limit cannot keep waiting ones out until they time out idle
@@ -76,9 +120,9 @@ where
     let slots = Slots::default();
     let mut accept_errors = 0u32;
     loop {
-        // A listener that waits takes its slot before accepting, so the
-        // connections beyond the limit wait in the kernel's backlog.
-        let waited = if limits.evict_idle {
+        // A listener alone that waits takes its slot before accepting, so
+        // the connections beyond the limit wait in the kernel's backlog.
+        let waited = if limits.evict_idle || shared {
             None
         } else {
             tokio::select! {
@@ -96,7 +140,7 @@ where
         let permit = match waited {
             Some(permit) => permit,
             None => tokio::select! {
-                permit = room(&permits, &slots) => permit,
+                permit = room(&permits, &slots, limits.evict_idle, &pressure) => permit,
                 () = stop.cancelled() => break,
             },
         };
@@ -110,10 +154,21 @@ where
     }
 }
 
+/// A slot for a connection just accepted: made by evicting the oldest idle
+/// connection when `evict_idle` (see [`evict`]), otherwise waited for as [`slot`] does.
+async fn room(
+    permits: &Arc<Semaphore>,
+    slots: &Slots,
+    evict_idle: bool,
+    pressure: &watch::Sender<()>,
+) -> OwnedSemaphorePermit {
+    if evict_idle { evict(permits, slots).await } else { slot(permits, pressure).await }
+}
+
 /// A slot for a connection just accepted, made by evicting the oldest idle
 /// connection when none is free; while every connection is busy, waits for
 /// one to end or to become idle.
-async fn room(permits: &Arc<Semaphore>, slots: &Slots) -> OwnedSemaphorePermit {
+async fn evict(permits: &Arc<Semaphore>, slots: &Slots) -> OwnedSemaphorePermit {
     loop {
         if let Ok(permit) = permits.clone().try_acquire_owned() {
             return permit;

@@ -68,6 +68,20 @@ impl FailureKind {
 pub struct Clients {
     pub pool: HttpClient,
     pub connector: Connector,
+    /// For the pools of other threads ([`Clients::for_thread`]).
+    pool_idle_timeout: Duration,
+}
+
+impl Clients {
+    /// The same ways to Truedat with a pool of their own, for another
+    /// thread's runtime: a pooled connection runs as a task of the runtime
+    /// that dialled it, so a pool shared between threads would hand one
+    /// thread's connections to the other, with a wake-up across threads at
+    /// every exchange. The connector (and what it knows of HTTP/2) is shared.
+    pub fn for_thread(&self) -> Clients {
+        let pool = pool(self.connector.clone(), self.pool_idle_timeout);
+        Clients { pool, connector: self.connector.clone(), pool_idle_timeout: self.pool_idle_timeout }
+    }
 }
 
 /// Builds the connector and the pooled client for `origin` from the
@@ -81,15 +95,19 @@ pub fn build(
 ) -> Result<Clients, BuildError> {
     let dial = Dial::new(settings, proxy_env, origin)?;
     let connector = Connector { dial, tls, timeout: settings.connect_timeout.0, http2: Arc::default() };
-    let pool = Client::builder(TokioExecutor::new())
+    let pool_idle_timeout = settings.pool_idle_timeout.0;
+    Ok(Clients { pool: pool(connector.clone(), pool_idle_timeout), connector, pool_idle_timeout })
+}
+
+fn pool(connector: Connector, idle_timeout: Duration) -> HttpClient {
+    Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(settings.pool_idle_timeout.0)
+        .pool_idle_timeout(idle_timeout)
         // Host is filled from the request URI, always the origin's authority
         // (the proxy removes the client's Host header).
         .set_host(true)
-        .build(connector.clone());
-    Ok(Clients { pool, connector })
+        .build(connector)
 }
 
 /// Classifies a client error for the status, the metric and the log.

@@ -145,7 +145,7 @@ pub fn all() -> Vec<Case> {
     }
     cases.push(case(Upstream::Plain, 1, 16, POST_4K));
     cases.push(case(Upstream::Plain, 1, 16, GET_1M));
-    for connections in [16, 256] {
+    for connections in [1, 16, 256] {
         cases.push(case(Upstream::Plain, 2, connections, SMALL_JSON));
     }
     // What users run by default: one log line per request on both sides.
@@ -156,6 +156,8 @@ pub fn all() -> Vec<Case> {
             cases.push(case(upstream, 1, connections, SMALL_JSON));
         }
     }
+    // Two threads with HTTP/2 upstream: one multiplexed connection per thread.
+    cases.push(case(Upstream::TlsHttp2, 2, 16, SMALL_JSON));
     cases
 }
 

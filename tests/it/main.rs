@@ -30,3 +30,4 @@ mod tls;
 mod tls_rotation;
 mod tracing;
 mod wait;
+mod workers;
