@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
@@ -21,7 +20,7 @@ use crate::auth::renewer::Renewer;
 use crate::auth::session::Sessions;
 use crate::config::{Config, Tracing};
 use crate::proxy::Proxy;
-use crate::server::{self, Drain, Limits};
+use crate::server::{self, Drain, Limits, SharedSlots};
 use crate::telemetry;
 use crate::tls;
 use crate::trace::{self, export::Pipeline};
@@ -284,7 +283,7 @@ impl App {
 struct Serving {
     limits: Limits,
     /// With several listeners, the `listen.max_connections` slots they all take from.
-    shared_slots: Option<Arc<Semaphore>>,
+    shared_slots: Option<SharedSlots>,
     /// Fired at shutdown: every listener closes.
     stop: CancellationToken,
     /// Every client connection of every thread.
@@ -303,7 +302,7 @@ impl Serving {
             send_timeout: config.listen.send_timeout.0,
             evict_idle: false,
         };
-        let shared_slots = (listeners > 1).then(|| Arc::new(Semaphore::new(limits.max_connections)));
+        let shared_slots = (listeners > 1).then(|| SharedSlots::new(limits.max_connections));
         Serving { limits, shared_slots, stop: CancellationToken::new(), drain: Drain::default() }
     }
 }

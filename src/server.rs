@@ -65,12 +65,28 @@ where
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
 {
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
-    accept_loop(listener, handlers, limits, Permits { shared: false, permits }, stop, drain).await;
+    let slots = SharedSlots::new(limits.max_connections);
+    accept_loop(listener, handlers, limits, slots, false, stop, drain).await;
 }
 
-/// [`serve`] for one of several listeners on one address (a thread each),
-/// whose connections together take at most the `permits` slots
+/// The connection slots of several listeners on one address (a thread
+/// each), and the signal that asks all their keep-alive connections to
+/// close when every slot is taken (whichever listener has a connection
+/// waiting, the slots may all be held by another's connections).
+#[derive(Clone)]
+pub struct SharedSlots {
+    permits: Arc<Semaphore>,
+    pressure: Arc<watch::Sender<()>>,
+}
+
+impl SharedSlots {
+    /// `max_connections` slots for all the listeners together.
+    pub fn new(max_connections: usize) -> SharedSlots {
+        SharedSlots { permits: Arc::new(Semaphore::new(max_connections)), pressure: Arc::new(watch::Sender::new(())) }
+    }
+}
+
+/// [`serve`] for one of several listeners sharing `slots`
 /// (`limits.max_connections` is not used). A connection is accepted before
 /// it waits for a slot: a listener that held a slot while waiting for a
 /// connection could keep the others' connections waiting in their backlogs
@@ -79,7 +95,7 @@ pub async fn serve_shared<M, H, F>(
     listener: TcpListener,
     handlers: M,
     limits: Limits,
-    permits: Arc<Semaphore>,
+    slots: SharedSlots,
     stop: CancellationToken,
     drain: Drain,
 ) where
@@ -87,21 +103,17 @@ pub async fn serve_shared<M, H, F>(
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
 {
-    accept_loop(listener, handlers, limits, Permits { shared: true, permits }, stop, drain).await;
+    accept_loop(listener, handlers, limits, slots, true, stop, drain).await;
 }
 
-/// The connection slots of a listener.
-struct Permits {
-    /// Other listeners take from the same slots.
-    shared: bool,
-    permits: Arc<Semaphore>,
-}
-
+/// The loop of [`serve`] and [`serve_shared`]; `accept_first`: a connection
+/// is accepted before it waits for its slot.
 async fn accept_loop<M, H, F>(
     listener: TcpListener,
     handlers: M,
     limits: Limits,
-    permits: Permits,
+    shared_slots: SharedSlots,
+    accept_first: bool,
     stop: CancellationToken,
     drain: Drain,
 ) where
@@ -109,20 +121,20 @@ async fn accept_loop<M, H, F>(
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
 {
-    let Permits { shared, permits } = permits;
-    // Signalled when every slot is taken: keep-alive connections then close
-    // after their current exchange, so a client that pools more connections
-    // than the limit cannot keep waiting ones out until they time out idle
-    // (nginx reclaims idle keep-alive connections the same way).
-    // A watch, not a Notify: a connection subscribed at accept time sees a
-    // later signal even if its task had not run yet when it was sent.
-    let pressure = watch::Sender::new(());
+    // `pressure` is signalled when every slot is taken: keep-alive
+    // connections then close after their current exchange, so a client that
+    // pools more connections than the limit cannot keep waiting ones out
+    // until they time out idle (nginx reclaims idle keep-alive connections
+    // the same way). A watch, not a Notify: a connection subscribed at
+    // accept time sees a later signal even if its task had not run yet when
+    // it was sent.
+    let SharedSlots { permits, pressure } = shared_slots;
     let slots = Slots::default();
     let mut accept_errors = 0u32;
     loop {
         // A listener alone that waits takes its slot before accepting, so
         // the connections beyond the limit wait in the kernel's backlog.
-        let waited = if limits.evict_idle || shared {
+        let waited = if limits.evict_idle || accept_first {
             None
         } else {
             tokio::select! {

@@ -184,7 +184,9 @@ where
 
 /// The body of a worker thread: serves `job` once told to go, keeps the
 /// runtime until every connection task is done or the app lets go, then
-/// drops the runtime, which cuts whatever is still open.
+/// shuts the runtime down, which cuts whatever is still open. It does not
+/// wait for blocking tasks (a name lookup of a dial in progress), which
+/// would hold the exit of the whole process for as long as they last.
 fn run<S, F>(job: Job<S>, signals: Signals)
 where
     S: FnOnce(TcpListener) -> F,
@@ -225,4 +227,5 @@ where
             () = release.cancelled() => {}
         }
     });
+    runtime.shutdown_background();
 }

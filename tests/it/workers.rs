@@ -8,12 +8,13 @@
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use http::StatusCode;
+use http::{Request, StatusCode};
+use http_body_util::Full;
 use serde_json::Value;
 
 use crate::support::client::{Client, Reply};
 use crate::support::fake_truedat::FakeTruedat;
-use crate::support::proxy::{BinaryProxy, binary_toml, fake};
+use crate::support::proxy::{BinaryProxy, TestProxy, binary_toml, fake};
 use crate::support::wait::wait_until;
 
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -121,4 +122,35 @@ async fn a_drain_timeout_cuts_the_requests_of_both_threads_and_counts_them_all()
 /// Whether a JSON log line carries `requests_cut` = `n`.
 fn says_requests_cut(output: &str, n: u64) -> bool {
     output.lines().filter_map(|line| serde_json::from_str::<Value>(line).ok()).any(|event| event["requests_cut"] == n)
+}
+
+/// `listen.max_connections` is one budget for both threads: with a single
+/// slot, a connection waiting on one thread gets it from an idle keep-alive
+/// connection of the other (asked to close after its exchange), instead of
+/// waiting for it to time out idle, or for ever.
+#[tokio::test]
+async fn two_threads_share_one_connection_slot_without_starving_a_pooling_client() {
+    let fake = fake(|_| {}).await;
+    let proxy = TestProxy::start(&fake, |c| {
+        c.runtime.worker_threads = 2;
+        c.listen.max_connections = 1;
+    })
+    .await;
+    assert!(proxy.wait_ready(PATIENCE).await);
+
+    let client = Client::new();
+    let requests = (0..50).map(|i| {
+        let (client, url) = (client.clone(), proxy.url(&format!("/api/burst/{i}")));
+        async move { client.try_send(Request::get(url).body(Full::default()).expect("valid")).await.map(|r| r.status) }
+    });
+    let answered = tokio::time::timeout(Duration::from_secs(10), join_all(requests)).await;
+    let statuses = answered.unwrap_or_else(|_| {
+        panic!(
+            "50 requests through one slot shared by two threads were not all answered within 10 s \
+             ({} reached Truedat)",
+            fake.data_requests().len()
+        )
+    });
+    assert!(statuses.iter().all(|s| s.as_ref().is_ok_and(|s| *s == StatusCode::OK)), "{statuses:?}");
+    proxy.stop().await;
 }
