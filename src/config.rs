@@ -338,7 +338,7 @@ pub struct Runtime {
     /// 1 (the default): everything on one thread, which costs the least CPU
     /// per request and memory for a sidecar under a small CPU limit. More
     /// lets a proxy with more than one CPU to spend serve more requests at
-    /// once.
+    /// once, with a runtime and a listener per thread ([`crate::workers`]).
     pub worker_threads: usize,
 }
 
