@@ -8,13 +8,15 @@
 //! spans in front of it against the same capacity and counts what it turns
 //! away, and [`Counted`] counts the spans of exports that failed.
 //!
-//! The exporter (`opentelemetry-otlp`) sends through [`Sender`]: a client
-//! of the very type that talks to Truedat ([`upstream::build`], hyper and
-//! rustls with ring), given the collector's address, the system's roots and
-//! no egress proxy, so the binary holds no second HTTP or TLS stack and no
-//! second copy of hyper's client. Its exchanges run as tasks of the proxy's
-//! runtime, each bounded by the export timeout; a collector that is down or
-//! hangs only ever delays the export thread.
+//! [`Otlp`] writes each batch as an OTLP/HTTP protobuf request ([`otlp`])
+//! and sends it through [`Sender`]: a client of the very type that talks to
+//! Truedat ([`upstream::build`], hyper and rustls with ring), given the
+//! collector's address, the system's roots and no egress proxy, so the
+//! binary holds no second HTTP or TLS stack and no second copy of hyper's
+//! client. Its exchanges run as tasks of the proxy's runtime, each bounded
+//! by the export timeout; a collector that is down or hangs only ever
+//! delays the export thread. A failed export is not retried: its spans are
+//! counted as dropped, and the next batch tries again.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -22,19 +24,20 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Request, Response};
+use http::header::{CONTENT_TYPE, USER_AGENT};
+use http::{HeaderName, HeaderValue, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::{Context, InstrumentationScope, KeyValue};
-use opentelemetry_http::{HttpClient, HttpError};
-use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkError;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, Span, SpanData, SpanExporter,
     SpanProcessor,
 };
 
+use super::otlp;
 use crate::config::{self, ProxyEnv, TracingSettings, Upstream};
 use crate::origin::Origin;
 use crate::replay::UpstreamBody;
@@ -66,14 +69,7 @@ impl Pipeline {
         let runtime = tokio::runtime::Handle::try_current().map_err(|e| SetupError(e.to_string()))?;
         let closed = Arc::new(AtomicBool::new(false));
         let sender = Sender::new(settings, runtime, closed.clone())?;
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_http_client(sender)
-            .with_endpoint(settings.endpoint.to_string())
-            .with_protocol(Protocol::HttpBinary)
-            .with_timeout(settings.timeout)
-            .build()
-            .map_err(|e| SetupError(e.to_string()))?;
+        let exporter = Otlp { sender, header: otlp::Header::default() };
         let queued = Arc::new(AtomicUsize::new(0));
         // Set explicitly: the builder's defaults read OTEL_BSP_* on their own.
         let batch = BatchConfigBuilder::default()
@@ -179,8 +175,8 @@ impl SpanProcessor for Bounded {
     }
 }
 
-/// The OTLP exporter, counting the spans that leave the queue and those
-/// whose export failed (after the exporter's own retries).
+/// The exporter, counting the spans that leave the queue and those whose
+/// export failed.
 #[derive(Debug)]
 struct Counted<E> {
     inner: E,
@@ -211,12 +207,41 @@ impl<E: SpanExporter> SpanExporter for Counted<E> {
     }
 }
 
+/// Exports a batch as one OTLP/HTTP request (protobuf), to the endpoint
+/// of `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or of the base endpoint's
+/// `/v1/traces`, as the configuration resolved it.
+#[derive(Debug)]
+struct Otlp {
+    sender: Sender,
+    /// The resource, encoded once (the provider sets it before any export).
+    header: otlp::Header,
+}
+
+impl SpanExporter for Otlp {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let body = Bytes::from(otlp::encode(&self.header, &batch));
+        drop(batch);
+        let outcome = self.sender.send(body).await;
+        self.sender.observe(&outcome);
+        outcome.map_err(OTelSdkError::InternalFailure)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.header = otlp::Header::new(resource);
+    }
+}
+
 /// The HTTP client of the exporter: the proxy's own hyper and rustls (ring),
 /// the exchange a task of the proxy's runtime (the batch thread only waits
 /// for it), bounded by the export timeout, with the configured headers.
 struct Sender {
     runtime: tokio::runtime::Handle,
     client: upstream::HttpClient,
+    /// Where exports go: the whole traces URL.
+    endpoint: Uri,
     /// `OTEL_EXPORTER_OTLP_HEADERS`, decoded once by the configuration.
     headers: Vec<(HeaderName, HeaderValue)>,
     timeout: Duration,
@@ -231,6 +256,9 @@ impl fmt::Debug for Sender {
         f.debug_struct("Sender").field("timeout", &self.timeout).finish_non_exhaustive()
     }
 }
+
+/// OTLP/HTTP's media type for protobuf bodies.
+const PROTOBUF: HeaderValue = HeaderValue::from_static("application/x-protobuf");
 
 impl Sender {
     /// A client for the collector of `settings`: the upstream client's
@@ -261,6 +289,7 @@ impl Sender {
         Ok(Sender {
             runtime,
             client: clients.pool,
+            endpoint: endpoint.clone(),
             headers: settings.headers.clone(),
             timeout: settings.timeout,
             closed,
@@ -268,54 +297,56 @@ impl Sender {
         })
     }
 
-    async fn exchange(&self, mut request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+    /// POSTs one export; any answer but a 2xx is a failure (OTLP/HTTP: the
+    /// body of a 200 may report spans the collector rejected, which are
+    /// not told apart here).
+    async fn send(&self, body: Bytes) -> Result<(), String> {
         if self.closed.load(Ordering::Acquire) {
-            return Err("the proxy is exiting".into());
+            return Err("the proxy is exiting".to_owned());
         }
+        let mut request =
+            Request::post(self.endpoint.clone()).body(UpstreamBody::full(body)).map_err(|e| e.to_string())?;
+        let headers = request.headers_mut();
+        headers.insert(CONTENT_TYPE, PROTOBUF);
+        headers.insert(USER_AGENT, HeaderValue::from_static(concat!("truedat-auth-proxy/", env!("CARGO_PKG_VERSION"))));
         for (name, value) in &self.headers {
-            request.headers_mut().insert(name.clone(), value.clone());
+            headers.insert(name.clone(), value.clone());
         }
         let client = self.client.clone();
         let exchange = async move {
-            let response = client.request(request.map(UpstreamBody::full)).await?;
-            let (parts, body) = response.into_parts();
-            let body = Limited::new(body, MAX_ANSWER_BYTES).collect().await?.to_bytes();
-            Ok::<_, HttpError>(Response::from_parts(parts, body))
+            let response = client.request(request).await.map_err(|e| crate::upstream::root_cause(&e))?;
+            let status = response.status();
+            // Read to its end (bounded) so the connection can be reused.
+            let read = Limited::new(response.into_body(), MAX_ANSWER_BYTES).collect().await;
+            if !status.is_success() {
+                return Err(answered(status));
+            }
+            read.map(drop).map_err(|e| format!("the collector's answer broke off: {e}"))
         };
         let timeout = self.timeout;
         // Built inside the task: a timer needs the runtime, and this thread is the SDK's.
         match self.runtime.spawn(async move { tokio::time::timeout(timeout, exchange).await }).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(format!("no answer within {timeout:?}").into()),
-            Err(ended) => Err(format!("the export was cut short: {ended}").into()),
+            Ok(Err(_)) => Err(format!("no answer within {timeout:?}")),
+            Err(ended) => Err(format!("the export was cut short: {ended}")),
         }
     }
 
     /// Logs a failure once per change of cause, and the recovery once.
-    fn observe(&self, outcome: &Result<Response<Bytes>, HttpError>) {
-        let failure = match outcome {
-            Ok(response) if response.status().is_success() => None,
-            Ok(response) => Some(format!("the collector answered {}", response.status().as_u16())),
-            Err(error) => Some(crate::upstream::root_cause(error.as_ref())),
-        };
+    fn observe(&self, outcome: &Result<(), String>) {
         let mut failing = self.failing.lock().unwrap_or_else(PoisonError::into_inner);
-        match failure {
-            None if failing.take().is_some() => tracing::info!("exporting spans works again"),
-            None => {}
-            Some(failure) if failing.as_deref() != Some(failure.as_str()) => {
+        match outcome {
+            Ok(()) if failing.take().is_some() => tracing::info!("exporting spans works again"),
+            Ok(()) => {}
+            Err(failure) if failing.as_deref() != Some(failure.as_str()) => {
                 tracing::warn!(error = %failure, "cannot export spans to the OpenTelemetry collector");
-                *failing = Some(failure);
+                *failing = Some(failure.clone());
             }
-            Some(_) => {}
+            Err(_) => {}
         }
     }
 }
 
-#[async_trait::async_trait]
-impl HttpClient for Sender {
-    async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
-        let outcome = self.exchange(request).await;
-        self.observe(&outcome);
-        outcome
-    }
+fn answered(status: StatusCode) -> String {
+    format!("the collector answered {}", status.as_u16())
 }
