@@ -72,7 +72,10 @@ where
     // (nginx reclaims idle keep-alive connections the same way).
     // A watch, not a Notify: a connection subscribed at accept time sees a
     // later signal even if its task had not run yet when it was sent.
-    let pressure = watch::Sender::new(());
+    // The drain goes through the same watch, so a connection waits on one
+    // signal, polled at each of its wake-ups (five or six per request).
+    let close = Arc::new(watch::Sender::new(Close::No));
+    tokio::spawn(forward_drain(drain.signal.clone(), close.clone()));
     let slots = Slots::default();
     let mut accept_errors = 0u32;
     loop {
@@ -82,7 +85,7 @@ where
             None
         } else {
             tokio::select! {
-                permit = slot(&permits, &pressure) => Some(permit),
+                permit = slot(&permits, &close) => Some(permit),
                 () = stop.cancelled() => break,
             }
         };
@@ -101,8 +104,12 @@ where
             },
         };
         let registration = limits.evict_idle.then(|| slots.register());
-        let signals = Signals { drain: drain.signal.clone(), pressure: pressure.subscribe() };
-        let connection = serve_connection(stream, peer, handlers(peer), limits, signals, registration);
+        let mut closing = close.subscribe();
+        // A subscription takes the value as seen; a drain already begun is not.
+        if *closing.borrow() == Close::Drain {
+            closing.mark_changed();
+        }
+        let connection = serve_connection(stream, peer, handlers(peer), limits, closing, registration);
         drain.tasks.spawn(async move {
             connection.await;
             drop(permit);
@@ -131,12 +138,19 @@ async fn room(permits: &Arc<Semaphore>, slots: &Slots) -> OwnedSemaphorePermit {
 const PRESSURE_REPEAT: Duration = Duration::from_millis(50);
 
 /// A connection slot; while none is free, asks keep-alive connections to close.
-async fn slot(permits: &Arc<Semaphore>, pressure: &watch::Sender<()>) -> OwnedSemaphorePermit {
+async fn slot(permits: &Arc<Semaphore>, close: &watch::Sender<Close>) -> OwnedSemaphorePermit {
     loop {
         if let Ok(permit) = permits.clone().try_acquire_owned() {
             return permit;
         }
-        pressure.send_replace(());
+        // Each send wakes the connections again, unless the drain already began.
+        close.send_if_modified(|close| {
+            let pressing = *close != Close::Drain;
+            if pressing {
+                *close = Close::Pressure;
+            }
+            pressing
+        });
         if let Ok(permit) = tokio::time::timeout(PRESSURE_REPEAT, permits.clone().acquire_owned()).await {
             return permit.expect("the semaphore is never closed");
         }
@@ -144,13 +158,13 @@ async fn slot(permits: &Arc<Semaphore>, pressure: &watch::Sender<()>) -> OwnedSe
 }
 
 /// Serves one client connection until it ends, closing it gracefully when
-/// `drain` or `pressure` fires, and at once when it is evicted.
+/// `close` says so, and at once when it is evicted.
 async fn serve_connection<H, F>(
     stream: TcpStream,
     peer: SocketAddr,
     handler: H,
     limits: Limits,
-    mut signals: Signals,
+    mut close: watch::Receiver<Close>,
     registration: Option<Registration>,
 ) where
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
@@ -173,6 +187,7 @@ async fn serve_connection<H, F>(
             async move { Ok::<_, Infallible>(response.await?.map(|body| Tracked::new(body, busy))) }
         }
     });
+    let evictable = registration.is_some();
     let evicted = registration.as_ref().map(|r| r.evicted.clone()).unwrap_or_default();
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -186,16 +201,14 @@ async fn serve_connection<H, F>(
         tokio::select! {
             result = connection.as_mut() => break result,
             // Idle or still without a whole head: nothing of an exchange is lost.
-            () = evicted.cancelled() => {
+            () = evicted.cancelled(), if evictable => {
                 tracing::debug!(%peer, "connection evicted: every slot was taken");
                 return;
             }
-            () = signals.drain.cancelled(), if !closing => {
-                connection.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            _ = signals.pressure.changed(), if !closing => {
-                if served.load(Ordering::Relaxed) {
+            // An error means no sender is left, and so no signal can come.
+            Ok(()) = close.changed(), if !closing => {
+                let reason = *close.borrow_and_update();
+                if reason == Close::Drain || served.load(Ordering::Relaxed) {
                     connection.as_mut().graceful_shutdown();
                     closing = true;
                 }
@@ -207,10 +220,21 @@ async fn serve_connection<H, F>(
     }
 }
 
-/// What asks a connection to close once its current exchange is done.
-struct Signals {
-    drain: CancellationToken,
-    pressure: watch::Receiver<()>,
+/// What asks a listener's connections to close once their current exchange is done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Close {
+    No,
+    /// Every slot is taken: connections that served a request close.
+    Pressure,
+    /// Shutdown: every connection closes.
+    Drain,
+}
+
+/// Passes the drain on to the connections' watch; the sender it holds keeps
+/// the watch open until then.
+async fn forward_drain(drain: CancellationToken, close: Arc<watch::Sender<Close>>) {
+    drain.cancelled().await;
+    close.send_replace(Close::Drain);
 }
 
 /// Accept errors such as EMFILE are not fatal: wait, so the loop does not
