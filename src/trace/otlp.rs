@@ -39,20 +39,35 @@ impl Header {
     }
 }
 
+/// One ended span, written as a `Span` message, with the scope it belongs to.
+#[derive(Debug)]
+pub struct Encoded {
+    scope: InstrumentationScope,
+    span: Vec<u8>,
+}
+
+impl Encoded {
+    /// Writes `span` (done as it ends, on the thread that ended it).
+    pub fn new(span: &SpanData) -> Encoded {
+        let mut bytes = Vec::with_capacity(span_len(span));
+        span_message(&mut bytes, span);
+        debug_assert_eq!(bytes.len(), bytes.capacity(), "the length computed matches what was written");
+        Encoded { scope: span.instrumentation_scope.clone(), span: bytes }
+    }
+}
+
 /// The body of an OTLP/HTTP export of `spans`: one `ResourceSpans`, one
 /// `ScopeSpans` per instrumentation scope (in order of first appearance).
-pub fn encode(header: &Header, spans: &[SpanData]) -> Vec<u8> {
+pub fn request(header: &Header, spans: &[Encoded]) -> Vec<u8> {
     let mut scopes: Vec<&InstrumentationScope> = Vec::with_capacity(1);
     for span in spans {
-        if !scopes.contains(&&span.instrumentation_scope) {
-            scopes.push(&span.instrumentation_scope);
+        if !scopes.contains(&&span.scope) {
+            scopes.push(&span.scope);
         }
     }
-    let lens: Vec<usize> = spans.iter().map(span_len).collect();
     let scope_len = |scope: &InstrumentationScope| {
-        let in_scope = spans.iter().zip(&lens).filter(|(s, _)| &s.instrumentation_scope == scope);
         field_len(1, scope_message_len(scope))
-            + in_scope.map(|(_, len)| field_len(2, *len)).sum::<usize>()
+            + in_scope(spans, scope).map(|s| field_len(2, s.span.len())).sum::<usize>()
             + string_field_len(3, scope.schema_url().unwrap_or_default())
     };
     let scope_lens: Vec<usize> = scopes.iter().map(|s| scope_len(s)).collect();
@@ -66,8 +81,8 @@ pub fn encode(header: &Header, spans: &[SpanData]) -> Vec<u8> {
         for (scope, len) in scopes.iter().zip(&scope_lens) {
             message(b, 2, *len, |b| {
                 message(b, 1, scope_message_len(scope), |b| scope_message(b, scope));
-                for (span, len) in spans.iter().zip(&lens).filter(|(s, _)| &&s.instrumentation_scope == scope) {
-                    message(b, 2, *len, |b| span_message(b, span));
+                for span in in_scope(spans, scope) {
+                    length_delimited(b, 2, &span.span);
                 }
                 string_field(b, 3, scope.schema_url().unwrap_or_default());
             });
@@ -76,6 +91,10 @@ pub fn encode(header: &Header, spans: &[SpanData]) -> Vec<u8> {
     });
     debug_assert_eq!(buf.len(), buf.capacity(), "the lengths computed match what was written");
     buf
+}
+
+fn in_scope<'a>(spans: &'a [Encoded], scope: &'a InstrumentationScope) -> impl Iterator<Item = &'a Encoded> {
+    spans.iter().filter(move |s| &s.scope == scope)
 }
 
 // trace.proto `Span`: the field numbers are the protocol's.
@@ -465,7 +484,8 @@ mod tests {
     #[test]
     fn what_is_written_decodes_to_exactly_what_the_official_conversion_builds() {
         let (resource, spans) = batch();
-        let ours = ExportTraceServiceRequest::decode(&encode(&Header::new(&resource), &spans)[..]).unwrap();
+        let encoded: Vec<Encoded> = spans.iter().map(Encoded::new).collect();
+        let ours = ExportTraceServiceRequest::decode(&request(&Header::new(&resource), &encoded)[..]).unwrap();
         let official = ExportTraceServiceRequest {
             resource_spans: group_spans_by_resource_and_scope(spans, &ResourceAttributesWithSchema::from(&resource)),
         };
