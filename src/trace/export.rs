@@ -217,30 +217,40 @@ struct Export {
 
 impl Export {
     async fn run(mut self, stop: CancellationToken) {
+        let timer = tokio::time::sleep(self.delay);
+        tokio::pin!(timer);
         loop {
-            tokio::select! {
-                () = tokio::time::sleep(self.delay) => {}
-                () = self.queue.full.notified() => {}
+            // A full batch goes at once; the rest waits for the schedule, so
+            // spans go in batches as large as they can be (each export costs
+            // an HTTP exchange) while none waits longer than the delay.
+            let scheduled = tokio::select! {
+                () = &mut timer => true,
+                () = self.queue.full.notified() => false,
                 () = stop.cancelled() => break,
+            };
+            self.send(scheduled).await;
+            if scheduled {
+                timer.as_mut().reset(tokio::time::Instant::now() + self.delay);
             }
-            self.send_queued().await;
         }
         self.receiver.close();
-        self.send_queued().await;
+        self.send(true).await;
     }
 
-    /// Sends every span queued now, a batch per export.
-    async fn send_queued(&mut self) {
+    /// Sends the spans queued now, a batch per export: every one of them,
+    /// or only whole batches.
+    async fn send(&mut self, everything: bool) {
         loop {
-            let mut batch = Vec::with_capacity(self.queue.batch.min(self.receiver.len()));
-            while batch.len() < self.queue.batch {
+            let waiting = self.receiver.len();
+            if waiting == 0 || (!everything && waiting < self.queue.batch) {
+                return;
+            }
+            let mut batch = Vec::with_capacity(waiting.min(self.queue.batch));
+            while batch.len() < batch.capacity() {
                 match self.receiver.try_recv() {
                     Ok(span) => batch.push(span),
                     Err(_) => break,
                 }
-            }
-            if batch.is_empty() {
-                return;
             }
             self.queue.queued.fetch_sub(batch.len(), Ordering::AcqRel);
             let body = Bytes::from(otlp::request(&self.queue.header.load(), &batch));
