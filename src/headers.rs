@@ -14,6 +14,9 @@ pub const REFRESH_COOKIE: &str = "_td_refresh";
 /// `X-Request-Id`: passed on, or generated, and returned to the client.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// How many fields [`HOP_BY_HOP`] lists.
+const HOPS: usize = 8;
+
 /// RFC 9110 §7.6.1: "Intermediaries MUST parse a received Connection header
 /// field before a message is forwarded and, for each connection-option in
 /// this field, remove any header or trailer field(s) from the message with
@@ -22,7 +25,7 @@ pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// options for the forwarded message)." The fixed list adds the fields that
 /// RFC 9110 §7.6.1 and RFC 9112 name as connection-specific even when
 /// `Connection` does not list them.
-const HOP_BY_HOP: [HeaderName; 8] = [
+const HOP_BY_HOP: [HeaderName; HOPS] = [
     CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHORIZATION,
@@ -44,10 +47,26 @@ pub fn names_in_connection(headers: &HeaderMap) -> impl Iterator<Item = HeaderNa
 }
 
 /// Removes hop-by-hop fields, including every field `Connection` names.
+/// It runs twice per request: one pass over the names the message has
+/// finds which of the list are there, and only those are looked up again to
+/// be removed (a lookup hashes the name).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = names_in_connection(headers).collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    let mut present = [false; HOPS];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present[i] = true;
+        }
+    }
+    if !present.contains(&true) {
+        return;
+    }
+    // The options of the fixed list (`keep-alive`) go with it below.
+    let named: Vec<HeaderName> = names_in_connection(headers).filter(|name| !HOP_BY_HOP.contains(name)).collect();
+    for name in &named {
         headers.remove(name);
+    }
+    for (hop, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, present)| *present) {
+        headers.remove(hop);
     }
 }
 
@@ -64,13 +83,14 @@ pub fn to_upstream(headers: &mut HeaderMap, bearer: HeaderValue) {
 /// Prepares Truedat's response headers for the client.
 pub fn to_client(headers: &mut HeaderMap) {
     strip_hop_by_hop(headers);
-    let kept: Vec<HeaderValue> =
-        headers.get_all(SET_COOKIE).iter().filter(|v| !cookie_name_is(v.as_bytes(), REFRESH_COOKIE)).cloned().collect();
-    if headers.contains_key(SET_COOKIE) {
-        headers.remove(SET_COOKIE);
-        for value in kept {
-            headers.append(SET_COOKIE, value);
-        }
+    let refresh = |v: &HeaderValue| cookie_name_is(v.as_bytes(), REFRESH_COOKIE);
+    if !headers.get_all(SET_COOKIE).iter().any(refresh) {
+        return;
+    }
+    let kept: Vec<HeaderValue> = headers.get_all(SET_COOKIE).iter().filter(|v| !refresh(v)).cloned().collect();
+    headers.remove(SET_COOKIE);
+    for value in kept {
+        headers.append(SET_COOKIE, value);
     }
 }
 
@@ -162,6 +182,21 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(values(&h, "x-end-to-end"), ["kept"]);
+    }
+
+    #[test]
+    fn only_the_hop_by_hop_fields_a_message_has_are_looked_for_and_none_is_missed() {
+        let mut h = map(&[("connection", "close, X-A"), ("x-a", "1"), ("upgrade", "h2c"), ("x-b", "kept")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(HeaderName::as_str).collect::<Vec<_>>(), ["x-b"]);
+
+        let mut h = map(&[("keep-alive", "timeout=5"), ("accept", "*/*")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(HeaderName::as_str).collect::<Vec<_>>(), ["accept"]);
+
+        let mut h = map(&[("accept", "*/*"), ("x-end-to-end", "1")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
     }
 
     #[test]

@@ -76,13 +76,17 @@ where
 #[derive(Clone)]
 pub struct SharedSlots {
     permits: Arc<Semaphore>,
-    pressure: Arc<watch::Sender<()>>,
+    /// Pressure and drain, to every connection of every listener sharing the slots.
+    close: Arc<watch::Sender<Close>>,
 }
 
 impl SharedSlots {
     /// `max_connections` slots for all the listeners together.
     pub fn new(max_connections: usize) -> SharedSlots {
-        SharedSlots { permits: Arc::new(Semaphore::new(max_connections)), pressure: Arc::new(watch::Sender::new(())) }
+        SharedSlots {
+            permits: Arc::new(Semaphore::new(max_connections)),
+            close: Arc::new(watch::Sender::new(Close::No)),
+        }
     }
 }
 
@@ -121,14 +125,17 @@ async fn accept_loop<M, H, F>(
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
 {
-    // `pressure` is signalled when every slot is taken: keep-alive
+    // `close` says `Pressure` when every slot is taken: keep-alive
     // connections then close after their current exchange, so a client that
     // pools more connections than the limit cannot keep waiting ones out
     // until they time out idle (nginx reclaims idle keep-alive connections
     // the same way). A watch, not a Notify: a connection subscribed at
     // accept time sees a later signal even if its task had not run yet when
-    // it was sent.
-    let SharedSlots { permits, pressure } = shared_slots;
+    // it was sent. The drain goes through the same watch, so a connection
+    // waits on one signal, polled at each of its wake-ups (five or six per
+    // request).
+    let SharedSlots { permits, close } = shared_slots;
+    tokio::spawn(forward_drain(drain.signal.clone(), close.clone()));
     let slots = Slots::default();
     let mut accept_errors = 0u32;
     loop {
@@ -138,7 +145,7 @@ async fn accept_loop<M, H, F>(
             None
         } else {
             tokio::select! {
-                permit = slot(&permits, &pressure) => Some(permit),
+                permit = slot(&permits, &close) => Some(permit),
                 () = stop.cancelled() => break,
             }
         };
@@ -152,13 +159,17 @@ async fn accept_loop<M, H, F>(
         let permit = match waited {
             Some(permit) => permit,
             None => tokio::select! {
-                permit = room(&permits, &slots, limits.evict_idle, &pressure) => permit,
+                permit = room(&permits, &slots, limits.evict_idle, &close) => permit,
                 () = stop.cancelled() => break,
             },
         };
         let registration = limits.evict_idle.then(|| slots.register());
-        let signals = Signals { drain: drain.signal.clone(), pressure: pressure.subscribe() };
-        let connection = serve_connection(stream, peer, handlers(peer), limits, signals, registration);
+        let mut closing = close.subscribe();
+        // A subscription takes the value as seen; a drain already begun is not.
+        if *closing.borrow() == Close::Drain {
+            closing.mark_changed();
+        }
+        let connection = serve_connection(stream, peer, handlers(peer), limits, closing, registration);
         drain.tasks.spawn(async move {
             connection.await;
             drop(permit);
@@ -172,9 +183,9 @@ async fn room(
     permits: &Arc<Semaphore>,
     slots: &Slots,
     evict_idle: bool,
-    pressure: &watch::Sender<()>,
+    close: &watch::Sender<Close>,
 ) -> OwnedSemaphorePermit {
-    if evict_idle { evict(permits, slots).await } else { slot(permits, pressure).await }
+    if evict_idle { evict(permits, slots).await } else { slot(permits, close).await }
 }
 
 /// A slot for a connection just accepted, made by evicting the oldest idle
@@ -198,12 +209,19 @@ async fn evict(permits: &Arc<Semaphore>, slots: &Slots) -> OwnedSemaphorePermit 
 const PRESSURE_REPEAT: Duration = Duration::from_millis(50);
 
 /// A connection slot; while none is free, asks keep-alive connections to close.
-async fn slot(permits: &Arc<Semaphore>, pressure: &watch::Sender<()>) -> OwnedSemaphorePermit {
+async fn slot(permits: &Arc<Semaphore>, close: &watch::Sender<Close>) -> OwnedSemaphorePermit {
     loop {
         if let Ok(permit) = permits.clone().try_acquire_owned() {
             return permit;
         }
-        pressure.send_replace(());
+        // Each send wakes the connections again, unless the drain already began.
+        close.send_if_modified(|close| {
+            let pressing = *close != Close::Drain;
+            if pressing {
+                *close = Close::Pressure;
+            }
+            pressing
+        });
         if let Ok(permit) = tokio::time::timeout(PRESSURE_REPEAT, permits.clone().acquire_owned()).await {
             return permit.expect("the semaphore is never closed");
         }
@@ -211,13 +229,13 @@ async fn slot(permits: &Arc<Semaphore>, pressure: &watch::Sender<()>) -> OwnedSe
 }
 
 /// Serves one client connection until it ends, closing it gracefully when
-/// `drain` or `pressure` fires, and at once when it is evicted.
+/// `close` says so, and at once when it is evicted.
 async fn serve_connection<H, F>(
     stream: TcpStream,
     peer: SocketAddr,
     handler: H,
     limits: Limits,
-    mut signals: Signals,
+    mut close: watch::Receiver<Close>,
     registration: Option<Registration>,
 ) where
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
@@ -240,6 +258,7 @@ async fn serve_connection<H, F>(
             async move { Ok::<_, Infallible>(response.await?.map(|body| Tracked::new(body, busy))) }
         }
     });
+    let evictable = registration.is_some();
     let evicted = registration.as_ref().map(|r| r.evicted.clone()).unwrap_or_default();
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -253,16 +272,14 @@ async fn serve_connection<H, F>(
         tokio::select! {
             result = connection.as_mut() => break result,
             // Idle or still without a whole head: nothing of an exchange is lost.
-            () = evicted.cancelled() => {
+            () = evicted.cancelled(), if evictable => {
                 tracing::debug!(%peer, "connection evicted: every slot was taken");
                 return;
             }
-            () = signals.drain.cancelled(), if !closing => {
-                connection.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            _ = signals.pressure.changed(), if !closing => {
-                if served.load(Ordering::Relaxed) {
+            // An error means no sender is left, and so no signal can come.
+            Ok(()) = close.changed(), if !closing => {
+                let reason = *close.borrow_and_update();
+                if reason == Close::Drain || served.load(Ordering::Relaxed) {
                     connection.as_mut().graceful_shutdown();
                     closing = true;
                 }
@@ -274,10 +291,21 @@ async fn serve_connection<H, F>(
     }
 }
 
-/// What asks a connection to close once its current exchange is done.
-struct Signals {
-    drain: CancellationToken,
-    pressure: watch::Receiver<()>,
+/// What asks a listener's connections to close once their current exchange is done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Close {
+    No,
+    /// Every slot is taken: connections that served a request close.
+    Pressure,
+    /// Shutdown: every connection closes.
+    Drain,
+}
+
+/// Passes the drain on to the connections' watch; the sender it holds keeps
+/// the watch open until then.
+async fn forward_drain(drain: CancellationToken, close: Arc<watch::Sender<Close>>) {
+    drain.cancelled().await;
+    close.send_replace(Close::Drain);
 }
 
 /// Accept errors such as EMFILE are not fatal: wait, so the loop does not

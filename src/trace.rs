@@ -17,6 +17,7 @@
 //! value, a token, a password, a cookie or the query string.
 
 pub mod export;
+mod otlp;
 
 use std::borrow::Cow;
 use std::sync::Arc;

@@ -141,7 +141,7 @@ pub struct TracingSettings {
     /// Sent with every export; the values are marked sensitive (their
     /// `Debug` is redacted) and never printed.
     pub headers: Vec<(HeaderName, HeaderValue)>,
-    /// One export, retries included.
+    /// How long one export may take (a failed export is not retried).
     pub timeout: Duration,
     pub service_name: String,
     /// `OTEL_RESOURCE_ATTRIBUTES`, `service.name` excepted.

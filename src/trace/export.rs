@@ -1,40 +1,49 @@
 //! Sending spans to an OpenTelemetry collector over OTLP/HTTP (protobuf),
 //! without ever holding a request up.
 //!
-//! The SDK's batch span processor keeps ended spans in a bounded queue and
-//! exports them from a thread of its own, every `OTEL_BSP_SCHEDULE_DELAY` or
-//! when a batch is full; a request only hands its span over. The SDK keeps
-//! the count of spans a full queue drops to itself, so [`Bounded`] admits
-//! spans in front of it against the same capacity and counts what it turns
-//! away, and [`Counted`] counts the spans of exports that failed.
+//! A span is written in protobuf's wire format as it ends, on the thread
+//! that ended it ([`otlp::Encoded`]), and queued: a bounded channel of
+//! `OTEL_BSP_MAX_QUEUE_SIZE` spans, where a span that finds it full is
+//! dropped and counted. One task of the proxy's runtime sends the queue
+//! every `OTEL_BSP_SCHEDULE_DELAY`, or as soon as a batch is full, in
+//! exports of at most `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` spans.
 //!
-//! The exporter (`opentelemetry-otlp`) sends through [`Sender`]: a client
-//! of the very type that talks to Truedat ([`upstream::build`], hyper and
-//! rustls with ring), given the collector's address, the system's roots and
-//! no egress proxy, so the binary holds no second HTTP or TLS stack and no
-//! second copy of hyper's client. Its exchanges run as tasks of the proxy's
-//! runtime, each bounded by the export timeout; a collector that is down or
-//! hangs only ever delays the export thread.
+//! Why not the SDK's batch span processor: it hands each span, a struct of
+//! some 400 bytes, to a thread of its own, which converts and frees there
+//! what the request's thread allocated. Measured in the benchmark, that
+//! exchange between two threads cost more than encoding the span where it
+//! ended (README, "Tracing"). Here nothing crosses a thread but a few
+//! hundred bytes of protobuf per span, and no thread is added.
+//!
+//! Exports go through [`Sender`]: a client of the very type that talks to
+//! Truedat ([`upstream::build`], hyper and rustls with ring), given the
+//! collector's address, the system's roots and no egress proxy, so the
+//! binary holds no second HTTP or TLS stack and no second copy of hyper's
+//! client. Each export is bounded by the export timeout, and a failed one is
+//! not retried: its spans are counted as dropped, and the next batch tries
+//! again. A collector that is down or hangs only ever delays the export
+//! task, never a request.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Request, Response};
+use http::header::{CONTENT_TYPE, USER_AGENT};
+use http::{HeaderName, HeaderValue, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::{Context, InstrumentationScope, KeyValue};
-use opentelemetry_http::{HttpClient, HttpError};
-use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, Span, SpanData, SpanExporter,
-    SpanProcessor,
-};
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, Span, SpanData, SpanProcessor};
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
+use super::otlp;
 use crate::config::{self, ProxyEnv, TracingSettings, Upstream};
 use crate::origin::Origin;
 use crate::replay::UpstreamBody;
@@ -50,44 +59,40 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024;
 #[error("cannot set up the OpenTelemetry exporter: {0}")]
 pub struct SetupError(String);
 
-/// The running export: the SDK's provider, its batch thread and our counts.
+/// The running export: the SDK's provider (spans, sampling), the queue and
+/// the task that empties it.
 pub struct Pipeline {
     provider: SdkTracerProvider,
-    /// Spans handed to the batch processor and not yet given to an export.
-    queued: Arc<AtomicUsize>,
+    queue: Arc<Queue>,
+    /// Ends the export task's loop; it then sends what is left.
+    stop: CancellationToken,
+    task: JoinHandle<()>,
     /// Set once the flush at shutdown is over: no export starts after it.
     closed: Arc<AtomicBool>,
 }
 
 impl Pipeline {
-    /// Starts the batch processor and returns the tracer that feeds it.
-    /// Runs inside the proxy's runtime (exports are tasks of it).
+    /// Starts the export task and returns the tracer that feeds it. Runs
+    /// inside the proxy's runtime (the task and the exports are its tasks).
     pub fn start(settings: &TracingSettings) -> Result<(Pipeline, SdkTracer), SetupError> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|e| SetupError(e.to_string()))?;
         let closed = Arc::new(AtomicBool::new(false));
-        let sender = Sender::new(settings, runtime, closed.clone())?;
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_http_client(sender)
-            .with_endpoint(settings.endpoint.to_string())
-            .with_protocol(Protocol::HttpBinary)
-            .with_timeout(settings.timeout)
-            .build()
-            .map_err(|e| SetupError(e.to_string()))?;
-        let queued = Arc::new(AtomicUsize::new(0));
-        // Set explicitly: the builder's defaults read OTEL_BSP_* on their own.
-        let batch = BatchConfigBuilder::default()
-            .with_max_queue_size(settings.max_queue_size)
-            .with_max_export_batch_size(settings.max_export_batch_size)
-            .with_scheduled_delay(settings.schedule_delay)
-            .build();
-        let processor = BatchSpanProcessor::new(Counted { inner: exporter, queued: queued.clone() }, batch);
-        let bounded = Bounded { inner: processor, queued: queued.clone(), capacity: settings.max_queue_size };
+        let sender = Sender::new(settings, closed.clone())?;
+        let (spans, receiver) = mpsc::channel(settings.max_queue_size);
+        let queue = Arc::new(Queue {
+            spans,
+            queued: AtomicUsize::new(0),
+            batch: settings.max_export_batch_size,
+            full: Notify::new(),
+            header: ArcSwap::from_pointee(otlp::Header::default()),
+        });
         let provider = SdkTracerProvider::builder()
-            .with_span_processor(bounded)
+            .with_span_processor(Ending(queue.clone()))
             .with_sampler(sampler(&settings.sampler))
             .with_resource(resource(settings))
             .build();
+        let stop = CancellationToken::new();
+        let export = Export { queue: queue.clone(), receiver, sender, delay: settings.schedule_delay };
+        let task = tokio::spawn(export.run(stop.clone()));
         let scope = InstrumentationScope::builder("truedat-auth-proxy").with_version(env!("CARGO_PKG_VERSION")).build();
         let tracer = provider.tracer_with_scope(scope);
         telemetry::record_spans_dropped_from_zero();
@@ -96,22 +101,25 @@ impl Pipeline {
             sampler = settings.sampler.name(),
             "tracing on: exporting spans over OTLP/HTTP"
         );
-        Ok((Pipeline { provider, queued, closed }, tracer))
+        Ok((Pipeline { provider, queue, stop, task, closed }, tracer))
     }
 
-    /// Exports what is still queued, for at most `within`, then stops the
-    /// batch thread. A collector that does not answer in time costs the
-    /// spans still queued (a warning says how many), never more time.
+    /// Exports what is still queued, for at most `within`. A collector that
+    /// does not answer in time costs the spans still queued (a warning says
+    /// how many), never more time.
     pub async fn shutdown(self, within: Duration) {
-        let provider = self.provider.clone();
-        let flush = tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(within));
-        // The flush bounds itself; this bound only guards against a surprise.
-        let flushed = tokio::time::timeout(within + Duration::from_millis(200), flush).await;
+        self.stop.cancel();
+        let mut task = self.task;
+        let flushed = tokio::time::timeout(within, &mut task).await;
+        if flushed.is_err() {
+            task.abort();
+        }
         self.closed.store(true, Ordering::Release);
+        let _ = self.provider.shutdown();
         match flushed {
-            Ok(Ok(Ok(()))) => tracing::debug!("trace spans flushed"),
+            Ok(Ok(())) => tracing::debug!("trace spans flushed"),
             _ => tracing::warn!(
-                queued = self.queued.load(Ordering::Acquire),
+                queued = self.queue.queued.load(Ordering::Acquire),
                 within_ms = within.as_millis() as u64,
                 "the collector did not take every trace span before exiting"
             ),
@@ -139,84 +147,130 @@ fn resource(settings: &TracingSettings) -> Resource {
     Resource::builder_empty().with_service_name(settings.service_name.clone()).with_attributes(attributes).build()
 }
 
-/// Admits an ended span into the batch processor's queue only while it has
-/// room, counting the ones it turns away. The queue's own count is private
-/// to the SDK, so the room is counted here: a span is queued from its
-/// admission until [`Counted`] sees it handed to an export, which is never
-/// before the batch thread took it off the queue. So the SDK's queue is
-/// never full when a span is admitted, and every drop is counted once.
-#[derive(Debug)]
-struct Bounded {
-    inner: BatchSpanProcessor,
-    queued: Arc<AtomicUsize>,
-    capacity: usize,
+/// Ended spans, encoded, waiting for the export task.
+struct Queue {
+    spans: mpsc::Sender<otlp::Encoded>,
+    /// Spans queued and not yet taken by an export (for the log at exit,
+    /// and to wake the task when a batch is full).
+    queued: AtomicUsize,
+    /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`.
+    batch: usize,
+    /// Wakes the export task once a whole batch is queued, and only then:
+    /// the task is not woken span by span.
+    full: Notify,
+    /// The resource, encoded once when the provider hands it over.
+    header: ArcSwap<otlp::Header>,
 }
 
-impl SpanProcessor for Bounded {
-    fn on_start(&self, span: &mut Span, cx: &Context) {
-        self.inner.on_start(span, cx);
+/// The span processor: encodes each ended span and queues it, or drops and
+/// counts it when the queue is full.
+#[derive(Debug)]
+struct Ending(Arc<Queue>);
+
+impl fmt::Debug for Queue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue").field("queued", &self.queued).finish_non_exhaustive()
     }
+}
+
+impl SpanProcessor for Ending {
+    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
 
     fn on_end(&self, span: SpanData) {
-        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.capacity {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            telemetry::record_spans_dropped(SpanDrop::QueueFull, 1);
-            return;
+        let queue = &self.0;
+        // Counted first, so the task never takes a span not yet counted.
+        let queued = queue.queued.fetch_add(1, Ordering::AcqRel) + 1;
+        match queue.spans.try_send(otlp::Encoded::new(&span)) {
+            Ok(()) if queued == queue.batch => queue.full.notify_one(),
+            Ok(()) => {}
+            Err(error) => {
+                queue.queued.fetch_sub(1, Ordering::AcqRel);
+                // Closed: the export is over (shutdown), nothing is sent any more.
+                if let mpsc::error::TrySendError::Full(_) = error {
+                    telemetry::record_spans_dropped(SpanDrop::QueueFull, 1);
+                }
+            }
         }
-        self.inner.on_end(span);
     }
 
     fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
+        Ok(())
     }
 
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        Ok(())
     }
 
     fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
+        self.0.header.store(Arc::new(otlp::Header::new(resource)));
     }
 }
 
-/// The OTLP exporter, counting the spans that leave the queue and those
-/// whose export failed (after the exporter's own retries).
-#[derive(Debug)]
-struct Counted<E> {
-    inner: E,
-    queued: Arc<AtomicUsize>,
+/// The export task: sends the queue in batches, every schedule delay or when
+/// a batch is full, and what is left when it is stopped.
+struct Export {
+    queue: Arc<Queue>,
+    receiver: mpsc::Receiver<otlp::Encoded>,
+    sender: Sender,
+    delay: Duration,
 }
 
-impl<E: SpanExporter> SpanExporter for Counted<E> {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let spans = batch.len();
-        self.queued.fetch_sub(spans, Ordering::AcqRel);
-        let result = self.inner.export(batch).await;
-        if result.is_err() {
-            telemetry::record_spans_dropped(SpanDrop::ExportFailed, spans as u64);
+impl Export {
+    async fn run(mut self, stop: CancellationToken) {
+        let timer = tokio::time::sleep(self.delay);
+        tokio::pin!(timer);
+        loop {
+            // A full batch goes at once; the rest waits for the schedule, so
+            // spans go in batches as large as they can be (each export costs
+            // an HTTP exchange) while none waits longer than the delay.
+            let scheduled = tokio::select! {
+                () = &mut timer => true,
+                () = self.queue.full.notified() => false,
+                () = stop.cancelled() => break,
+            };
+            self.send(scheduled).await;
+            if scheduled {
+                timer.as_mut().reset(tokio::time::Instant::now() + self.delay);
+            }
         }
-        result
+        self.receiver.close();
+        self.send(true).await;
     }
 
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
+    /// Sends the spans queued now, a batch per export: every one of them,
+    /// or only whole batches.
+    async fn send(&mut self, everything: bool) {
+        loop {
+            let waiting = self.receiver.len();
+            if waiting == 0 || (!everything && waiting < self.queue.batch) {
+                return;
+            }
+            let mut batch = Vec::with_capacity(waiting.min(self.queue.batch));
+            while batch.len() < batch.capacity() {
+                match self.receiver.try_recv() {
+                    Ok(span) => batch.push(span),
+                    Err(_) => break,
+                }
+            }
+            self.queue.queued.fetch_sub(batch.len(), Ordering::AcqRel);
+            let body = Bytes::from(otlp::request(&self.queue.header.load(), &batch));
+            let spans = batch.len();
+            drop(batch);
+            let outcome = self.sender.send(body).await;
+            if outcome.is_err() {
+                telemetry::record_spans_dropped(SpanDrop::ExportFailed, spans as u64);
+            }
+            self.sender.observe(&outcome);
+        }
     }
 }
 
 /// The HTTP client of the exporter: the proxy's own hyper and rustls (ring),
-/// the exchange a task of the proxy's runtime (the batch thread only waits
-/// for it), bounded by the export timeout, with the configured headers.
+/// each exchange bounded by the export timeout, with the configured headers.
 struct Sender {
-    runtime: tokio::runtime::Handle,
     client: upstream::HttpClient,
+    /// Where exports go: the whole traces URL.
+    endpoint: Uri,
     /// `OTEL_EXPORTER_OTLP_HEADERS`, decoded once by the configuration.
     headers: Vec<(HeaderName, HeaderValue)>,
     timeout: Duration,
@@ -232,16 +286,15 @@ impl fmt::Debug for Sender {
     }
 }
 
+/// OTLP/HTTP's media type for protobuf bodies.
+const PROTOBUF: HeaderValue = HeaderValue::from_static("application/x-protobuf");
+
 impl Sender {
     /// A client for the collector of `settings`: the upstream client's
     /// machinery with the collector's address, no egress proxy (the
     /// collector is a neighbour: a node agent or a service in the cluster),
     /// no client certificate, and the system's roots for `https://`.
-    fn new(
-        settings: &TracingSettings,
-        runtime: tokio::runtime::Handle,
-        closed: Arc<AtomicBool>,
-    ) -> Result<Sender, SetupError> {
+    fn new(settings: &TracingSettings, closed: Arc<AtomicBool>) -> Result<Sender, SetupError> {
         let endpoint = &settings.endpoint;
         let base = format!(
             "{}://{}",
@@ -259,8 +312,8 @@ impl Sender {
         let clients = upstream::build(&collector, &ProxyEnv::default(), &origin, Arc::new(tls))
             .map_err(|e| SetupError(e.to_string()))?;
         Ok(Sender {
-            runtime,
             client: clients.pool,
+            endpoint: endpoint.clone(),
             headers: settings.headers.clone(),
             timeout: settings.timeout,
             closed,
@@ -268,54 +321,50 @@ impl Sender {
         })
     }
 
-    async fn exchange(&self, mut request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+    /// POSTs one export; any answer but a 2xx is a failure (OTLP/HTTP: the
+    /// body of a 200 may report spans the collector rejected, which are
+    /// not told apart here).
+    async fn send(&self, body: Bytes) -> Result<(), String> {
         if self.closed.load(Ordering::Acquire) {
-            return Err("the proxy is exiting".into());
+            return Err("the proxy is exiting".to_owned());
         }
+        let mut request =
+            Request::post(self.endpoint.clone()).body(UpstreamBody::full(body)).map_err(|e| e.to_string())?;
+        let headers = request.headers_mut();
+        headers.insert(CONTENT_TYPE, PROTOBUF);
+        headers.insert(USER_AGENT, HeaderValue::from_static(concat!("truedat-auth-proxy/", env!("CARGO_PKG_VERSION"))));
         for (name, value) in &self.headers {
-            request.headers_mut().insert(name.clone(), value.clone());
+            headers.insert(name.clone(), value.clone());
         }
-        let client = self.client.clone();
-        let exchange = async move {
-            let response = client.request(request.map(UpstreamBody::full)).await?;
-            let (parts, body) = response.into_parts();
-            let body = Limited::new(body, MAX_ANSWER_BYTES).collect().await?.to_bytes();
-            Ok::<_, HttpError>(Response::from_parts(parts, body))
+        let exchange = async {
+            let response = self.client.request(request).await.map_err(|e| crate::upstream::root_cause(&e))?;
+            let status = response.status();
+            // Read to its end (bounded) so the connection can be reused.
+            let read = Limited::new(response.into_body(), MAX_ANSWER_BYTES).collect().await;
+            if !status.is_success() {
+                return Err(answered(status));
+            }
+            read.map(drop).map_err(|e| format!("the collector's answer broke off: {e}"))
         };
         let timeout = self.timeout;
-        // Built inside the task: a timer needs the runtime, and this thread is the SDK's.
-        match self.runtime.spawn(async move { tokio::time::timeout(timeout, exchange).await }).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(format!("no answer within {timeout:?}").into()),
-            Err(ended) => Err(format!("the export was cut short: {ended}").into()),
-        }
+        tokio::time::timeout(timeout, exchange).await.unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
     }
 
     /// Logs a failure once per change of cause, and the recovery once.
-    fn observe(&self, outcome: &Result<Response<Bytes>, HttpError>) {
-        let failure = match outcome {
-            Ok(response) if response.status().is_success() => None,
-            Ok(response) => Some(format!("the collector answered {}", response.status().as_u16())),
-            Err(error) => Some(crate::upstream::root_cause(error.as_ref())),
-        };
+    fn observe(&self, outcome: &Result<(), String>) {
         let mut failing = self.failing.lock().unwrap_or_else(PoisonError::into_inner);
-        match failure {
-            None if failing.take().is_some() => tracing::info!("exporting spans works again"),
-            None => {}
-            Some(failure) if failing.as_deref() != Some(failure.as_str()) => {
+        match outcome {
+            Ok(()) if failing.take().is_some() => tracing::info!("exporting spans works again"),
+            Ok(()) => {}
+            Err(failure) if failing.as_deref() != Some(failure.as_str()) => {
                 tracing::warn!(error = %failure, "cannot export spans to the OpenTelemetry collector");
-                *failing = Some(failure);
+                *failing = Some(failure.clone());
             }
-            Some(_) => {}
+            Err(_) => {}
         }
     }
 }
 
-#[async_trait::async_trait]
-impl HttpClient for Sender {
-    async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
-        let outcome = self.exchange(request).await;
-        self.observe(&outcome);
-        outcome
-    }
+fn answered(status: StatusCode) -> String {
+    format!("the collector answered {}", status.as_u16())
 }

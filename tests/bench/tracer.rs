@@ -2,8 +2,10 @@
 //! that does for each request what the proxy does when tracing is on (the
 //! request's span, one try's span with its `traceparent`, both ended),
 //! exporting to the loopback collector, at a steady rate. The CPU counted is
-//! the loop's thread and the SDK's export thread, nothing else of this
-//! process (the collector's threads decode what they receive).
+//! the loop's thread (where the export task runs too) and, in builds that
+//! export from a thread of their own (the SDK's batch processor, before
+//! `src/trace/otlp.rs`), that thread; nothing else of this process (the
+//! collector's threads decode what they receive).
 
 use std::time::{Duration, Instant};
 
@@ -17,7 +19,7 @@ use truedat_auth_proxy::trace::{Attempt, Outcome, Tracer};
 const RATE: f64 = 20_000.0;
 /// Requests per measurement.
 const REQUESTS: u32 = 100_000;
-/// The SDK names its export thread so.
+/// The SDK's batch processor names its export thread so (older builds).
 const EXPORT_THREAD: &str = "OpenTelemetry.Traces.BatchProcessor";
 
 /// CPU µs per request of the tracer, for each sampler: every request
