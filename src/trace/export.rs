@@ -25,7 +25,7 @@
 //! task, never a request.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -66,17 +66,16 @@ pub struct Pipeline {
     queue: Arc<Queue>,
     /// Ends the export task's loop; it then sends what is left.
     stop: CancellationToken,
+    /// The only place exports start: once it has ended (or been aborted
+    /// at the flush's deadline), none starts again.
     task: JoinHandle<()>,
-    /// Set once the flush at shutdown is over: no export starts after it.
-    closed: Arc<AtomicBool>,
 }
 
 impl Pipeline {
     /// Starts the export task and returns the tracer that feeds it. Runs
     /// inside the proxy's runtime (the task and the exports are its tasks).
     pub fn start(settings: &TracingSettings) -> Result<(Pipeline, SdkTracer), SetupError> {
-        let closed = Arc::new(AtomicBool::new(false));
-        let sender = Sender::new(settings, closed.clone())?;
+        let sender = Sender::new(settings)?;
         let (spans, receiver) = mpsc::channel(settings.max_queue_size);
         let queue = Arc::new(Queue {
             spans,
@@ -101,7 +100,7 @@ impl Pipeline {
             sampler = settings.sampler.name(),
             "tracing on: exporting spans over OTLP/HTTP"
         );
-        Ok((Pipeline { provider, queue, stop, task, closed }, tracer))
+        Ok((Pipeline { provider, queue, stop, task }, tracer))
     }
 
     /// Exports what is still queued, for at most `within`. A collector that
@@ -114,7 +113,6 @@ impl Pipeline {
         if flushed.is_err() {
             task.abort();
         }
-        self.closed.store(true, Ordering::Release);
         let _ = self.provider.shutdown();
         match flushed {
             Ok(Ok(())) => tracing::debug!("trace spans flushed"),
@@ -245,8 +243,9 @@ impl Export {
             if waiting == 0 || (!everything && waiting < self.queue.batch) {
                 return;
             }
-            let mut batch = Vec::with_capacity(waiting.min(self.queue.batch));
-            while batch.len() < batch.capacity() {
+            let take = waiting.min(self.queue.batch);
+            let mut batch = Vec::with_capacity(take);
+            while batch.len() < take {
                 match self.receiver.try_recv() {
                     Ok(span) => batch.push(span),
                     Err(_) => break,
@@ -274,7 +273,6 @@ struct Sender {
     /// `OTEL_EXPORTER_OTLP_HEADERS`, decoded once by the configuration.
     headers: Vec<(HeaderName, HeaderValue)>,
     timeout: Duration,
-    closed: Arc<AtomicBool>,
     /// The last failure logged, so a collector that stays down is one line.
     failing: Mutex<Option<String>>,
 }
@@ -294,7 +292,7 @@ impl Sender {
     /// machinery with the collector's address, no egress proxy (the
     /// collector is a neighbour: a node agent or a service in the cluster),
     /// no client certificate, and the system's roots for `https://`.
-    fn new(settings: &TracingSettings, closed: Arc<AtomicBool>) -> Result<Sender, SetupError> {
+    fn new(settings: &TracingSettings) -> Result<Sender, SetupError> {
         let endpoint = &settings.endpoint;
         let base = format!(
             "{}://{}",
@@ -316,7 +314,6 @@ impl Sender {
             endpoint: endpoint.clone(),
             headers: settings.headers.clone(),
             timeout: settings.timeout,
-            closed,
             failing: Mutex::new(None),
         })
     }
@@ -325,9 +322,6 @@ impl Sender {
     /// body of a 200 may report spans the collector rejected, which are
     /// not told apart here).
     async fn send(&self, body: Bytes) -> Result<(), String> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err("the proxy is exiting".to_owned());
-        }
         let mut request =
             Request::post(self.endpoint.clone()).body(UpstreamBody::full(body)).map_err(|e| e.to_string())?;
         let headers = request.headers_mut();
