@@ -178,7 +178,7 @@ impl SpanProcessor for Ending {
         let queue = &self.0;
         // Counted first, so the task never takes a span not yet counted.
         let queued = queue.queued.fetch_add(1, Ordering::AcqRel) + 1;
-        match queue.spans.try_send(otlp::Encoded::new(&span)) {
+        match queue.spans.try_send(otlp::Encoded::new(span)) {
             Ok(()) if queued == queue.batch => queue.full.notify_one(),
             Ok(()) => {}
             Err(error) => {
@@ -245,12 +245,10 @@ impl Export {
             }
             let take = waiting.min(self.queue.batch);
             let mut batch = Vec::with_capacity(take);
-            while batch.len() < take {
-                match self.receiver.try_recv() {
-                    Ok(span) => batch.push(span),
-                    Err(_) => break,
-                }
-            }
+            // Ready at once (the spans are waiting), and the channel's
+            // permits go back in one step: `try_recv` locks the channel's
+            // wait list for every span it takes.
+            self.receiver.recv_many(&mut batch, take).await;
             self.queue.queued.fetch_sub(batch.len(), Ordering::AcqRel);
             let body = Bytes::from(otlp::request(&self.queue.header.load(), &batch));
             let spans = batch.len();
