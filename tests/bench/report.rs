@@ -121,13 +121,24 @@ impl Results {
     }
 
     fn median(&self, case: &Case, via: Via, value: impl Fn(&Sample) -> Option<f64>) -> Option<f64> {
-        let mut values: Vec<f64> = self.samples.get(&(case.name(), via))?.iter().filter_map(value).collect();
-        values.sort_by(f64::total_cmp);
-        let n = values.len();
-        match n {
-            0 => None,
-            _ if n % 2 == 1 => Some(values[n / 2]),
-            _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+        median(self.samples.get(&(case.name(), via))?.iter().filter_map(value).collect())
+    }
+
+    /// `a`'s CPU per request over `b`'s, round by round (each round runs
+    /// both, one after the other): the median and the range. On a machine
+    /// whose speed drifts from one round to the next, the pairs say more
+    /// than the ratio of two medians.
+    fn paired_cpu(&self, case: &Case, a: Via, b: Via) -> String {
+        let per_cpu_second =
+            |via| self.samples.get(&(case.name(), via)).into_iter().flatten().map(Sample::per_cpu_second);
+        let mut ratios: Vec<f64> =
+            per_cpu_second(a).zip(per_cpu_second(b)).filter_map(|(a, b)| Some(b? / a?)).collect();
+        ratios.sort_by(f64::total_cmp);
+        match (ratios.first(), ratios.last()) {
+            (Some(low), Some(high)) => {
+                format!("{} ({low:.2}-{high:.2})", fixed(median(ratios.clone()), 2))
+            }
+            _ => "-".to_owned(),
         }
     }
 
@@ -350,6 +361,7 @@ impl Results {
             "CPU µs/req traced",
             "CPU ours/baseline",
             "CPU traced/ours",
+            "CPU traced/ours by round (range)",
             "perf CPU µs baseline / ours / traced",
             "p99 ours (ms)",
             "p99 traced (ms)",
@@ -369,6 +381,7 @@ impl Results {
                 fixed(cpu_us(Via::Traced), 1),
                 ratio(cpu_us(Via::Ours), cpu_us(Via::Baseline)),
                 ratio(cpu_us(Via::Traced), cpu_us(Via::Ours)),
+                self.paired_cpu(case, Via::Traced, Via::Ours),
                 format!("{} / {} / {}", perf(Via::Baseline), perf(Via::Ours), perf(Via::Traced)),
                 p99(Via::Ours),
                 p99(Via::Traced),
@@ -499,6 +512,17 @@ impl Table {
 
 fn whole(value: Option<f64>) -> String {
     value.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"))
+}
+
+/// The median of `values` (sorted here), `None` when there are none.
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
 }
 
 fn fixed(value: Option<f64>, digits: usize) -> String {

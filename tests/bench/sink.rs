@@ -1,15 +1,22 @@
 //! The OpenTelemetry collector of the tracing cases: a loopback OTLP/HTTP
-//! sink that reads each export, counts its spans (decoded with
-//! `opentelemetry-proto`, so a run where spans went missing shows it) and
-//! answers 200 at once, as a collector agent on the node would.
+//! sink that reads each export, counts its spans (so a run where spans went
+//! missing shows it) and answers 200 at once, as a collector agent on the
+//! node would.
+//!
+//! It counts by walking protobuf's wire format down to the `Span` messages,
+//! without decoding them. Decoding them with `opentelemetry-proto` (as the
+//! integration tests do) took about 8,900 instructions per request of two
+//! spans under callgrind, as much as the proxy's own tracing work: at the
+//! traced proxy's 20,000-25,000 requests per second, a tenth of a core taken
+//! from wrk, the upstream and the proxy being measured, on two cores. A body
+//! that is not well-formed protobuf down to the spans counts as not OTLP.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use prost::Message;
+use prost::encoding::{WireType, decode_key, decode_varint};
 
 /// What the sink received.
 #[derive(Default)]
@@ -80,19 +87,51 @@ fn serve(stream: TcpStream, received: &Received) {
             return;
         }
         received.exports.fetch_add(1, Ordering::Relaxed);
-        match ExportTraceServiceRequest::decode(body.as_slice()) {
-            Ok(request) => {
-                let spans: usize =
-                    request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
-                received.spans.fetch_add(spans as u64, Ordering::Relaxed);
-            }
-            Err(_) => {
-                received.undecodable.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        match count_spans(&body) {
+            Some(spans) => received.spans.fetch_add(spans, Ordering::Relaxed),
+            None => received.undecodable.fetch_add(1, Ordering::Relaxed),
+        };
         let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
         if writer.write_all(answer).is_err() {
             return;
         }
     }
+}
+
+/// The spans of an `ExportTraceServiceRequest`: its `resource_spans` (1),
+/// their `scope_spans` (2), their `spans` (2); `None` when the body is not
+/// protobuf down to there.
+fn count_spans(body: &[u8]) -> Option<u64> {
+    let mut spans = 0;
+    for resource_spans in fields(body, 1)? {
+        for scope_spans in fields(resource_spans, 2)? {
+            spans += fields(scope_spans, 2)?.len() as u64;
+        }
+    }
+    Some(spans)
+}
+
+/// The length-delimited fields numbered `tag` of a message, skipping the
+/// others; `None` when the message does not parse.
+fn fields(mut message: &[u8], tag: u32) -> Option<Vec<&[u8]>> {
+    let mut found = Vec::new();
+    while !message.is_empty() {
+        let (number, wire_type) = decode_key(&mut message).ok()?;
+        let len = match wire_type {
+            WireType::Varint => {
+                decode_varint(&mut message).ok()?;
+                0
+            }
+            WireType::SixtyFourBit => 8,
+            WireType::ThirtyTwoBit => 4,
+            WireType::LengthDelimited => usize::try_from(decode_varint(&mut message).ok()?).ok()?,
+            WireType::StartGroup | WireType::EndGroup => return None,
+        };
+        let (value, rest) = message.split_at_checked(len)?;
+        if number == tag && wire_type == WireType::LengthDelimited {
+            found.push(value);
+        }
+        message = rest;
+    }
+    Some(found)
 }
