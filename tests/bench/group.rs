@@ -221,7 +221,7 @@ fn measure(case: &Case, target: &Target, duration: Duration, context: &Context<'
         why: Why {
             // The stub_status request itself is one more accepted connection.
             upstream_accepts: upstream_accepts.map(|a| a.saturating_sub(1)),
-            upstream_busy: upstream_cpu / wall.max(f64::EPSILON),
+            upstream_busy: upstream_cpu.total() / wall.max(f64::EPSILON),
             machine_busy: busy as f64 / all.max(1) as f64,
             wrk_threads: wrk::threads(case.connections),
         },

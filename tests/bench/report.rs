@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::cases::{Case, Group, Via};
 use super::perf;
-use super::sample::Idle;
+use super::sample::{Cpu, Idle};
 use super::stream::Streaming;
 use super::wrk::Errors;
 
@@ -21,7 +21,7 @@ pub struct Sample {
     pub rps: f64,
     pub p99_us: f64,
     /// CPU seconds the proxy used during the run (`None` on the direct path).
-    pub cpu_seconds: Option<f64>,
+    pub cpu_seconds: Option<Cpu>,
     pub errors: Errors,
     /// What explains a ratio (see [`Why`]).
     pub why: Why,
@@ -48,7 +48,16 @@ pub struct Why {
 impl Sample {
     /// Requests served per CPU-second of the proxy.
     pub fn per_cpu_second(&self) -> Option<f64> {
-        self.cpu_seconds.filter(|&cpu| cpu > 0.0).map(|cpu| self.requests as f64 / cpu)
+        self.cpu_seconds.map(Cpu::total).filter(|&cpu| cpu > 0.0).map(|cpu| self.requests as f64 / cpu)
+    }
+
+    /// CPU µs per request in user space and in the kernel.
+    pub fn split_us(&self) -> Option<(f64, f64)> {
+        let cpu = self.cpu_seconds?;
+        (self.requests > 0).then(|| {
+            let per_request = |seconds: f64| seconds * 1e6 / self.requests as f64;
+            (per_request(cpu.user), per_request(cpu.system))
+        })
     }
 }
 
@@ -362,6 +371,7 @@ impl Results {
             "CPU ours/baseline",
             "CPU traced/ours",
             "CPU traced/ours by round (range)",
+            "user + system µs/req ours; traced",
             "perf CPU µs baseline / ours / traced",
             "p99 ours (ms)",
             "p99 traced (ms)",
@@ -371,6 +381,10 @@ impl Results {
             let cpu_us = |via| self.median(case, via, |s| s.per_cpu_second().map(|r| 1e6 / r));
             let p99 = |via| fixed(self.median(case, via, |s| Some(s.p99_us)).map(|us| us / 1000.0), 2);
             let perf = |via| fixed(self.per_request(case, via, |c| c.task_clock_ms * 1000.0), 1);
+            let split = |via| {
+                let part = |pick: fn((f64, f64)) -> f64| fixed(self.median(case, via, |s| s.split_us().map(pick)), 1);
+                format!("{} + {}", part(|(user, _)| user), part(|(_, system)| system))
+            };
             table.row(vec![
                 case.describe(),
                 whole(rps(Via::Baseline)),
@@ -382,6 +396,7 @@ impl Results {
                 ratio(cpu_us(Via::Ours), cpu_us(Via::Baseline)),
                 ratio(cpu_us(Via::Traced), cpu_us(Via::Ours)),
                 self.paired_cpu(case, Via::Traced, Via::Ours),
+                format!("{}; {}", split(Via::Ours), split(Via::Traced)),
                 format!("{} / {} / {}", perf(Via::Baseline), perf(Via::Ours), perf(Via::Traced)),
                 p99(Via::Ours),
                 p99(Via::Traced),

@@ -19,18 +19,39 @@ pub fn ticks_per_second() -> f64 {
 /// CPU seconds the processes `pids` have used so far, user and system, all
 /// their threads (`/proc/PID/stat` fields 14 and 15). A process that is
 /// gone counts as zero.
-pub fn cpu_seconds(pids: &[u32], ticks_per_second: f64) -> f64 {
-    let ticks: u64 = pids
+pub fn cpu_seconds(pids: &[u32], ticks_per_second: f64) -> Cpu {
+    let (user, system) = pids
         .iter()
         .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
         .map(|stat| {
             // The command name may hold spaces: count fields after its ")".
             let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
             let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-            field(11) + field(12)
+            (field(11), field(12))
         })
-        .sum();
-    ticks as f64 / ticks_per_second
+        .fold((0, 0), |(user, system), (u, s)| (user + u, system + s));
+    Cpu { user: user as f64 / ticks_per_second, system: system as f64 / ticks_per_second }
+}
+
+/// CPU time in seconds, in user space and in the kernel.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu {
+    pub user: f64,
+    pub system: f64,
+}
+
+impl Cpu {
+    pub fn total(self) -> f64 {
+        self.user + self.system
+    }
+}
+
+impl std::ops::Sub for Cpu {
+    type Output = Cpu;
+
+    fn sub(self, earlier: Cpu) -> Cpu {
+        Cpu { user: self.user - earlier.user, system: self.system - earlier.system }
+    }
 }
 
 /// The whole machine's CPU time so far, in clock ticks, as (busy, all):
