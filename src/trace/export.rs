@@ -236,19 +236,23 @@ impl Export {
     }
 
     /// Sends the spans queued now, a batch per export: every one of them,
-    /// or only whole batches.
+    /// or only whole batches. Spans that arrive meanwhile wait for the next
+    /// full batch or the next schedule: chasing them would turn a busy
+    /// proxy's scheduled export into a run of small ones, as many as the
+    /// exports' own round trips allow.
     async fn send(&mut self, everything: bool) {
-        loop {
-            let waiting = self.receiver.len();
-            if waiting == 0 || (!everything && waiting < self.queue.batch) {
-                return;
-            }
-            let take = waiting.min(self.queue.batch);
+        let mut left = to_send(self.receiver.len(), self.queue.batch, everything);
+        while left > 0 {
+            let take = left.min(self.queue.batch);
             let mut batch = Vec::with_capacity(take);
             // Ready at once (the spans are waiting), and the channel's
             // permits go back in one step: `try_recv` locks the channel's
             // wait list for every span it takes.
-            self.receiver.recv_many(&mut batch, take).await;
+            // Never empty: only this task takes spans, and they were there.
+            if self.receiver.recv_many(&mut batch, take).await == 0 {
+                return;
+            }
+            left -= batch.len();
             self.queue.queued.fetch_sub(batch.len(), Ordering::AcqRel);
             let body = Bytes::from(otlp::request(&self.queue.header.load(), &batch));
             let spans = batch.len();
@@ -260,6 +264,12 @@ impl Export {
             self.sender.observe(&outcome);
         }
     }
+}
+
+/// How many of the `queued` spans an export round sends: all of them, or
+/// the whole batches among them.
+fn to_send(queued: usize, batch: usize, everything: bool) -> usize {
+    if everything { queued } else { queued - queued % batch }
 }
 
 /// The HTTP client of the exporter: the proxy's own hyper and rustls (ring),
@@ -359,4 +369,17 @@ impl Sender {
 
 fn answered(status: StatusCode) -> String {
     format!("the collector answered {}", status.as_u16())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scheduled_round_sends_what_is_queued_and_an_early_one_only_whole_batches() {
+        assert_eq!(to_send(1_100, 512, true), 1_100);
+        assert_eq!(to_send(1_100, 512, false), 1_024);
+        assert_eq!(to_send(511, 512, false), 0);
+        assert_eq!(to_send(0, 512, true), 0);
+    }
 }
