@@ -1,5 +1,5 @@
 //! Truedat having a bad day, compressed: one task owns the fake and, until
-//! the deadline, revokes every session every [`REVOKE_EVERY`], makes the
+//! the deadline, revokes every session every [`REVOKE_EVERY`] or a little more, makes the
 //! login route fail or hang for 1–3 s at random moments, lets the data routes
 //! reset [`RESET_SHARE`] of their connections, answers bursts of data
 //! requests with ingress-nginx's 502/503/504 page (a pod restarting behind
@@ -11,8 +11,14 @@ use std::time::{Duration, Instant};
 
 use crate::support::fake_truedat::{self, DataFault, FakeConfig, FakeTruedat, LoginMode};
 
-/// Every session is revoked this often.
+/// Every session is revoked this often, plus [`REVOKE_JITTER_MS`].
 pub const REVOKE_EVERY: Duration = Duration::from_secs(5);
+/// Added to each interval between revocations (ms). Token lifetimes are whole
+/// seconds (`exp`), so the proxy's logins keep one phase within the second;
+/// revocations exactly 5 s apart keep theirs too, so every revocation met the
+/// token cycle at the same point, and in some runs (3 of 12, on a loaded
+/// machine) not one of them was followed by a 401: no replay to check.
+const REVOKE_JITTER_MS: std::ops::RangeInclusive<u64> = 0..=999;
 /// Share of data requests whose connection the fake resets.
 pub const RESET_SHARE: f64 = 0.005;
 /// Login outages last this long (ms), each shorter than `token.first_token_wait`.
@@ -96,7 +102,7 @@ pub async fn run(
     restarts: Vec<Instant>,
 ) -> (FakeTruedat, Record) {
     let mut record = Record::default();
-    let mut next_revocation = Instant::now() + REVOKE_EVERY;
+    let mut next_revocation = Instant::now() + REVOKE_EVERY + millis(REVOKE_JITTER_MS);
     let mut next_outage = Instant::now() + millis(BETWEEN_OUTAGES_MS);
     let mut outage_end: Option<Instant> = None;
     let mut last_outage_end = Instant::now();
@@ -107,7 +113,7 @@ pub async fn run(
         if now >= next_revocation {
             record.revocations.push(Instant::now());
             fake.revoke_all();
-            next_revocation += REVOKE_EVERY;
+            next_revocation += REVOKE_EVERY + millis(REVOKE_JITTER_MS);
         }
         match outage_end {
             Some(end) if now >= end => {
