@@ -245,10 +245,9 @@ impl Export {
         while left > 0 {
             let take = left.min(self.queue.batch);
             let mut batch = Vec::with_capacity(take);
-            // Ready at once (the spans are waiting), and the channel's
-            // permits go back in one step: `try_recv` locks the channel's
-            // wait list for every span it takes.
-            // Never empty: only this task takes spans, and they were there.
+            // Ready at once and never empty (only this task takes spans, and
+            // they were counted above); the channel's permits go back in one
+            // step, where `try_recv` locks its wait list for every span.
             if self.receiver.recv_many(&mut batch, take).await == 0 {
                 return;
             }
