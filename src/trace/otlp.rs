@@ -44,50 +44,60 @@ impl Header {
     }
 }
 
-/// One ended span, written as a `Span` message, with the scope it belongs to.
+/// Ended spans of one instrumentation scope, each written as a `Span`
+/// message in its `ScopeSpans.spans` field, as it ends, on the thread that
+/// ended it: an export's body is these bytes as they are, after the
+/// resource and the scope.
 #[derive(Debug)]
-pub struct Encoded {
+pub struct Spans {
     scope: InstrumentationScope,
-    span: Vec<u8>,
+    bytes: Vec<u8>,
+    count: usize,
 }
 
-impl Encoded {
-    /// Writes `span` (done as it ends, on the thread that ended it), and
-    /// keeps its scope for the batch.
-    pub fn new(span: SpanData) -> Encoded {
-        let mut bytes = Vec::with_capacity(SPAN_BYTES);
-        span_message(&mut bytes, &span);
-        Encoded { scope: span.instrumentation_scope, span: bytes }
+impl Spans {
+    /// Room for `expected` spans of the proxy before the buffer grows.
+    pub fn new(scope: InstrumentationScope, expected: usize) -> Spans {
+        Spans { scope, bytes: Vec::with_capacity(expected * SPAN_BYTES), count: 0 }
+    }
+
+    /// Writes `span`, whose scope must be this one ([`Spans::scope`]).
+    pub fn push(&mut self, span: &SpanData) {
+        debug_assert!(span.instrumentation_scope == self.scope, "a span of another scope");
+        // Nearly every span takes 128 to 16,383 bytes: a length of two bytes.
+        message_reserving(&mut self.bytes, 2, 2, |b| span_message(b, span));
+        self.count += 1;
+    }
+
+    pub fn scope(&self) -> &InstrumentationScope {
+        &self.scope
+    }
+
+    /// How many spans are written.
+    pub fn len(&self) -> usize {
+        self.count
     }
 }
 
 /// The body of an OTLP/HTTP export of `spans`: one `ResourceSpans`, one
 /// `ScopeSpans` per instrumentation scope (in order of first appearance).
-pub fn request(header: &Header, spans: &[Encoded]) -> Vec<u8> {
-    // The scope of each span, as an index into `scopes`. Spans in a row
-    // nearly always share one (the proxy has a single tracer), which one
-    // comparison with the last span's finds.
+pub fn request(header: &Header, spans: &[Spans]) -> Vec<u8> {
+    // The proxy has a single tracer: nearly always one scope.
     let mut scopes: Vec<&InstrumentationScope> = Vec::with_capacity(1);
-    let mut scope_of: Vec<usize> = Vec::with_capacity(spans.len());
-    for span in spans {
-        let index = match scope_of.last() {
-            Some(&last) if scopes[last] == &span.scope => last,
-            _ => scopes.iter().position(|s| *s == &span.scope).unwrap_or_else(|| {
-                scopes.push(&span.scope);
-                scopes.len() - 1
-            }),
-        };
-        scope_of.push(index);
+    for group in spans {
+        if !scopes.contains(&&group.scope) {
+            scopes.push(&group.scope);
+        }
     }
-    let bytes: usize = spans.iter().map(|s| s.span.len() + 4).sum();
+    let bytes: usize = spans.iter().map(|s| s.bytes.len()).sum();
     let mut buf = Vec::with_capacity(header.resource.len() + bytes + 128 * scopes.len());
     message(&mut buf, 1, |b| {
         length_delimited(b, 1, &header.resource);
-        for (index, scope) in scopes.iter().enumerate() {
+        for scope in scopes {
             message(b, 2, |b| {
                 message(b, 1, |b| scope_message(b, scope));
-                for (span, _) in spans.iter().zip(&scope_of).filter(|(_, of)| **of == index) {
-                    length_delimited(b, 2, &span.span);
+                for group in spans.iter().filter(|s| &s.scope == scope) {
+                    b.extend_from_slice(&group.bytes);
                 }
                 string_field(b, 3, scope.schema_url().unwrap_or_default());
             });
@@ -257,17 +267,25 @@ fn nanos(time: SystemTime) -> u64 {
 /// over when it needs more (a long path, a whole span batch). Writing each
 /// message once costs less than measuring it first.
 fn message(b: &mut Vec<u8>, tag: u32, write: impl FnOnce(&mut Vec<u8>)) {
+    message_reserving(b, tag, 1, write);
+}
+
+/// [`message`], with `reserved` bytes set aside for the length (1 or 2).
+fn message_reserving(b: &mut Vec<u8>, tag: u32, reserved: usize, write: impl FnOnce(&mut Vec<u8>)) {
     encode_key(tag, WireType::LengthDelimited, b);
     let at = b.len();
-    b.push(0);
+    b.resize(at + reserved, 0);
     write(b);
-    let len = b.len() - at - 1;
-    match u8::try_from(len) {
-        Ok(short) if short < 0x80 => b[at] = short,
+    let len = b.len() - at - reserved;
+    // A varint: 7 bits a byte, the lowest first, each but the last with its
+    // high bit set.
+    match (reserved, len) {
+        (1, 0..0x80) => b[at] = len as u8,
+        (2, 0x80..0x4000) => b[at..at + 2].copy_from_slice(&[len as u8 | 0x80, (len >> 7) as u8]),
         _ => {
             let mut prefix = Vec::with_capacity(10);
             encode_varint(len as u64, &mut prefix);
-            b.splice(at..=at, prefix);
+            b.splice(at..at + reserved, prefix);
         }
     }
 }
@@ -408,19 +426,34 @@ mod tests {
         kinds.span_kind = SpanKind::Producer;
         let mut consumer = span("ping", &other);
         consumer.span_kind = SpanKind::Consumer;
-        (resource, vec![plain, failed, ok, kinds, consumer])
+        // Over 16 KiB: a span whose length takes three bytes (a short one, such as
+        // `ok`, takes one).
+        let mut long = span("GET", &ours);
+        long.attributes.push(KeyValue::new("url.path", format!("/api/{}", "y".repeat(20_000))));
+        (resource, vec![plain, failed, ok, kinds, consumer, long])
     }
 
     #[test]
     fn what_is_written_decodes_to_exactly_what_the_official_conversion_builds() {
         let (resource, spans) = batch();
-        let encoded: Vec<Encoded> = spans.iter().cloned().map(Encoded::new).collect();
-        let ours = ExportTraceServiceRequest::decode(&request(&Header::new(&resource), &encoded)[..]).unwrap();
+        // As threads write them: a new group wherever the scope changes.
+        let mut written: Vec<Spans> = Vec::new();
+        for span in &spans {
+            match written.last_mut() {
+                Some(group) if group.scope() == &span.instrumentation_scope => group.push(span),
+                _ => {
+                    let mut group = Spans::new(span.instrumentation_scope.clone(), 1);
+                    group.push(span);
+                    written.push(group);
+                }
+            }
+        }
+        let ours = ExportTraceServiceRequest::decode(&request(&Header::new(&resource), &written)[..]).unwrap();
         let official = ExportTraceServiceRequest {
             resource_spans: group_spans_by_resource_and_scope(spans, &ResourceAttributesWithSchema::from(&resource)),
         };
         assert_eq!(ours, official);
         assert_eq!(ours.resource_spans[0].scope_spans.len(), 2);
-        assert_eq!(ours.resource_spans[0].scope_spans[0].spans.len(), 3);
+        assert_eq!(ours.resource_spans[0].scope_spans[0].spans.len(), 4);
     }
 }
