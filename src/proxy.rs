@@ -244,6 +244,9 @@ impl Proxy {
         // hop-by-hop.
         headers::to_upstream(&mut parts.headers, credential.bearer.clone());
         parts.headers.insert(REQUEST_ID.clone(), request_id.clone());
+        if let Some(span) = &exchange.trace {
+            span.make_room(&mut parts.headers);
+        }
         let declared_len = content_length(&parts.headers);
         let outgoing = Outgoing { parts, body_end, declared_len, arrived: exchange.started(), link };
         let body = body.map(Resend::new);

@@ -178,6 +178,14 @@ impl RequestSpan {
         Parent(Some(self.cx.clone()))
     }
 
+    /// Makes room for the `traceparent` each try sets, in the head the
+    /// tries are copied from: a copy has no spare room, and a header added
+    /// to it would move the whole map to a larger allocation, on every try.
+    /// The room is an empty `traceparent`, which a try fills or removes.
+    pub fn make_room(&self, headers: &mut HeaderMap) {
+        headers.entry(&TRACEPARENT).or_insert(HeaderValue::from_static(""));
+    }
+
     /// The client span of one try, named after its method like the
     /// request's span. Its attributes are those SPEC §11 lists: each one
     /// costs every try an allocation or two, here and at export.
@@ -322,6 +330,11 @@ impl Drop for Waiting {
 /// `tracestate`, which is left out when empty.
 fn inject(context: &SpanContext, headers: &mut HeaderMap) {
     if !context.is_valid() {
+        // No span (the provider has shut down): the client's header goes
+        // on as it came, and none where it sent none.
+        if headers.get(&TRACEPARENT).is_some_and(HeaderValue::is_empty) {
+            headers.remove(&TRACEPARENT);
+        }
         return;
     }
     headers.insert(TRACEPARENT.clone(), traceparent(context));
@@ -428,6 +441,31 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(&TRACEPARENT, HeaderValue::from_static("from-the-client"));
         inject(&SpanContext::empty_context(), &mut headers);
+        assert_eq!(headers[&TRACEPARENT], "from-the-client");
+    }
+
+    #[test]
+    fn the_room_made_for_a_traceparent_is_filled_or_removed() {
+        let tracer = Tracer(Some(Arc::new(Inner {
+            tracer: opentelemetry::trace::TracerProvider::tracer(
+                &opentelemetry_sdk::trace::SdkTracerProvider::builder().build(),
+                "t",
+            ),
+            server_address: "truedat".into(),
+            server_port: 443,
+        })));
+        let span = tracer.request(&Method::GET, &Uri::from_static("/api"), &HeaderMap::new()).unwrap();
+        let mut headers = HeaderMap::new();
+        span.make_room(&mut headers);
+        let mut sent = headers.clone();
+        span.attempt(&Method::GET, Attempt::default()).inject(&mut sent);
+        assert_eq!(sent[&TRACEPARENT].len(), 55);
+        inject(&SpanContext::empty_context(), &mut headers);
+        assert!(!headers.contains_key(&TRACEPARENT), "no empty traceparent goes to Truedat");
+
+        let mut headers = HeaderMap::new();
+        headers.insert(&TRACEPARENT, HeaderValue::from_static("from-the-client"));
+        span.make_room(&mut headers);
         assert_eq!(headers[&TRACEPARENT], "from-the-client");
     }
 
