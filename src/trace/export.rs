@@ -5,9 +5,9 @@
 //! that ended it, into that thread's own buffer ([`otlp::Spans`]). The
 //! queue is those buffers, bounded to `OTEL_BSP_MAX_QUEUE_SIZE` spans in
 //! all: a span that finds it full is dropped and counted. One task of the
-//! proxy's runtime takes every buffer's spans every
-//! `OTEL_BSP_SCHEDULE_DELAY`, or as soon as a batch is queued, and sends
-//! them in exports of at most `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` spans.
+//! proxy's runtime takes every buffer's spans and sends them in exports of
+//! `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` spans: all of them every
+//! `OTEL_BSP_SCHEDULE_DELAY`, and the whole batches as soon as one is queued.
 //!
 //! Why not the SDK's batch span processor: it hands each span, a struct of
 //! some 400 bytes, to a thread of its own, which converts and frees there
@@ -97,7 +97,7 @@ impl Pipeline {
             .with_resource(resource(settings))
             .build();
         let stop = CancellationToken::new();
-        let export = Export { queue: queue.clone(), sender, delay: settings.schedule_delay };
+        let export = Export { queue: queue.clone(), kept: Vec::new(), sender, delay: settings.schedule_delay };
         let task = tokio::spawn(export.run(stop.clone()));
         let scope = InstrumentationScope::builder("truedat-auth-proxy").with_version(env!("CARGO_PKG_VERSION")).build();
         let tracer = provider.tracer_with_scope(scope);
@@ -216,8 +216,9 @@ impl Queue {
         buffer
     }
 
-    /// Every span queued now, leaving the buffers empty; the buffers of
-    /// threads that have ended are forgotten.
+    /// Every span queued now, leaving the buffers empty (the spans stay
+    /// counted until sent); the buffers of threads that have ended are
+    /// forgotten.
     fn take(&self) -> Vec<otlp::Spans> {
         let mut threads = self.threads.lock().unwrap_or_else(PoisonError::into_inner);
         let mut taken = Vec::new();
@@ -226,8 +227,6 @@ impl Queue {
         }
         // Only the registry holds the buffer of a thread that has ended.
         threads.retain(|buffer| Arc::strong_count(buffer) > 1);
-        let spans = taken.iter().map(otlp::Spans::len).sum();
-        self.queued.fetch_sub(spans, Ordering::AcqRel);
         taken
     }
 }
@@ -278,6 +277,9 @@ impl SpanProcessor for Ending {
 /// a batch is full, and what is left when it is stopped.
 struct Export {
     queue: Arc<Queue>,
+    /// Spans taken and not sent: what an early round left over its whole
+    /// batches, for the next round.
+    kept: Vec<otlp::Spans>,
     sender: Sender,
     delay: Duration,
 }
@@ -295,23 +297,29 @@ impl Export {
                 () = self.queue.full.notified() => false,
                 () = stop.cancelled() => break,
             };
-            self.send().await;
+            self.send(scheduled).await;
             if scheduled {
                 timer.as_mut().reset(tokio::time::Instant::now() + self.delay);
             }
         }
-        self.send().await;
+        self.send(true).await;
     }
 
-    /// Sends the spans queued now, a batch per export. Spans that end
-    /// meanwhile wait for the next full batch or the next schedule: chasing
-    /// them would turn a busy proxy's export round into a run of small
-    /// ones, as many as the exports' own round trips allow.
-    async fn send(&mut self) {
-        for batch in batches(self.queue.take(), self.queue.batch) {
+    /// Sends the spans queued now, a batch per export: every one of them,
+    /// or only whole batches (the rest waits for the next round). Spans that
+    /// end meanwhile wait for the next full batch or the next schedule:
+    /// chasing them would turn a busy proxy's export round into a run of
+    /// small ones, as many as the exports' own round trips allow.
+    async fn send(&mut self, everything: bool) {
+        let mut runs = std::mem::take(&mut self.kept);
+        runs.append(&mut self.queue.take());
+        let queued = runs.iter().map(otlp::Spans::len).sum();
+        let sending = to_send(queued, self.queue.batch, everything);
+        self.kept = split_off(&mut runs, sending);
+        self.queue.queued.fetch_sub(sending, Ordering::AcqRel);
+        for batch in batches(&runs, self.queue.batch) {
             let body = Bytes::from(otlp::request(&self.queue.header.load(), &batch));
-            let spans: usize = batch.iter().map(otlp::Spans::len).sum();
-            drop(batch);
+            let spans: usize = batch.iter().map(otlp::Part::len).sum();
             let outcome = self.sender.send(body).await;
             if outcome.is_err() {
                 telemetry::record_spans_dropped(SpanDrop::ExportFailed, spans as u64);
@@ -321,21 +329,44 @@ impl Export {
     }
 }
 
-/// `runs` (each at most `batch` spans) in exports of at most `batch` spans,
-/// in their order.
-fn batches(runs: Vec<otlp::Spans>, batch: usize) -> Vec<Vec<otlp::Spans>> {
-    let mut batches: Vec<Vec<otlp::Spans>> = Vec::new();
-    let mut spans = 0;
+/// How many of the `queued` spans an export round sends: all of them, or
+/// the whole batches among them.
+fn to_send(queued: usize, batch: usize, everything: bool) -> usize {
+    if everything { queued } else { queued - queued % batch }
+}
+
+/// Leaves the first `at` spans in `runs` (cutting a run if need be) and
+/// returns the others.
+fn split_off(runs: &mut Vec<otlp::Spans>, mut at: usize) -> Vec<otlp::Spans> {
+    let mut whole = 0;
+    while whole < runs.len() && at >= runs[whole].len() {
+        at -= runs[whole].len();
+        whole += 1;
+    }
+    let mut rest = runs.split_off(whole);
+    if at > 0 {
+        let tail = rest[0].split_off(at);
+        runs.push(std::mem::replace(&mut rest[0], tail));
+    }
+    rest
+}
+
+/// The spans of `runs` in exports of `batch` spans (the last one fewer), in
+/// their order: a run is cut where an export is full.
+fn batches(runs: &[otlp::Spans], batch: usize) -> Vec<Vec<otlp::Part<'_>>> {
+    let mut batches: Vec<Vec<otlp::Part<'_>>> = Vec::new();
+    let mut room = 0;
     for run in runs {
-        match batches.last_mut() {
-            Some(last) if spans + run.len() <= batch => {
-                spans += run.len();
-                last.push(run);
+        let mut from = 0;
+        while from < run.len() {
+            if room == 0 {
+                batches.push(Vec::new());
+                room = batch;
             }
-            _ => {
-                spans = run.len();
-                batches.push(vec![run]);
-            }
+            let to = run.len().min(from + room);
+            batches.last_mut().expect("just pushed").push(run.part(from..to));
+            room -= to - from;
+            from = to;
         }
     }
     batches
@@ -445,21 +476,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn runs_go_in_their_order_in_exports_of_at_most_a_batch() {
+    fn runs_go_in_their_order_in_exports_of_a_batch() {
         let scope = InstrumentationScope::builder("s").build();
         let run = |len: usize| {
             let mut run = otlp::Spans::new(scope.clone(), len);
             (0..len).for_each(|_| run.push(&span(&scope)));
             run
         };
-        let sizes = |batches: Vec<Vec<otlp::Spans>>| -> Vec<Vec<usize>> {
-            batches.iter().map(|b| b.iter().map(otlp::Spans::len).collect()).collect()
-        };
-        assert_eq!(
-            sizes(batches(vec![run(4), run(3), run(1), run(2), run(4)], 4)),
-            [vec![4], vec![3, 1], vec![2], vec![4]]
-        );
-        assert!(batches(Vec::new(), 4).is_empty());
+        let runs = [run(4), run(3), run(1), run(2), run(5)];
+        let sizes: Vec<Vec<usize>> =
+            batches(&runs, 4).iter().map(|b| b.iter().map(otlp::Part::len).collect()).collect();
+        assert_eq!(sizes, [vec![4], vec![3, 1], vec![2, 2], vec![3]]);
+        assert!(batches(&[], 4).is_empty());
+
+        let lens = |runs: &[otlp::Spans]| runs.iter().map(otlp::Spans::len).collect::<Vec<_>>();
+        for (at, kept, rest) in
+            [(5, vec![4, 1], vec![2]), (4, vec![4], vec![3]), (7, vec![4, 3], vec![]), (0, vec![], vec![4, 3])]
+        {
+            let mut runs = vec![run(4), run(3)];
+            let others = split_off(&mut runs, at);
+            assert_eq!((lens(&runs), lens(&others)), (kept, rest), "split at {at}");
+        }
+    }
+
+    #[test]
+    fn a_scheduled_round_sends_what_is_queued_and_an_early_one_only_whole_batches() {
+        assert_eq!(to_send(1_100, 512, true), 1_100);
+        assert_eq!(to_send(1_100, 512, false), 1_024);
+        assert_eq!(to_send(511, 512, false), 0);
+        assert_eq!(to_send(0, 512, true), 0);
     }
 
     #[test]
@@ -486,9 +531,12 @@ mod tests {
         let taken = queue.take();
         assert_eq!(taken.iter().map(otlp::Spans::len).sum::<usize>(), 100);
         assert!(taken.iter().all(|run| run.len() <= 8));
-        assert_eq!(queue.queued.load(Ordering::Acquire), 0);
         assert!(queue.threads.lock().unwrap().is_empty());
-        // Not full any more: this thread's span is taken by the next round.
+        // Counted until sent: the queue is still full.
+        Ending(queue.clone()).on_end(span(&scope));
+        assert!(queue.take().is_empty());
+        // Sent: this thread's next span is taken by the next round.
+        queue.queued.fetch_sub(100, Ordering::AcqRel);
         Ending(queue.clone()).on_end(span(&scope));
         assert_eq!(queue.take().iter().map(otlp::Spans::len).sum::<usize>(), 1);
         assert_eq!(queue.threads.lock().unwrap().len(), 1, "this thread's buffer stays");

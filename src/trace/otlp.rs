@@ -13,6 +13,7 @@
 //! below decode what this writes with the official definitions and compare
 //! it with that conversion's own output, field for field.
 
+use std::ops::Range;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceState};
@@ -52,13 +53,15 @@ impl Header {
 pub struct Spans {
     scope: InstrumentationScope,
     bytes: Vec<u8>,
-    count: usize,
+    /// Where each span's field ends in `bytes`, so that an export can take
+    /// part of them.
+    ends: Vec<usize>,
 }
 
 impl Spans {
     /// Room for `expected` spans of the proxy before the buffer grows.
     pub fn new(scope: InstrumentationScope, expected: usize) -> Spans {
-        Spans { scope, bytes: Vec::with_capacity(expected * SPAN_BYTES), count: 0 }
+        Spans { scope, bytes: Vec::with_capacity(expected * SPAN_BYTES), ends: Vec::with_capacity(expected) }
     }
 
     /// Writes `span`, whose scope must be this one ([`Spans::scope`]).
@@ -66,7 +69,7 @@ impl Spans {
         debug_assert!(span.instrumentation_scope == self.scope, "a span of another scope");
         // Nearly every span takes 128 to 16,383 bytes: a length of two bytes.
         message_reserving(&mut self.bytes, 2, 2, |b| span_message(b, span));
-        self.count += 1;
+        self.ends.push(self.bytes.len());
     }
 
     pub fn scope(&self) -> &InstrumentationScope {
@@ -75,29 +78,59 @@ impl Spans {
 
     /// How many spans are written.
     pub fn len(&self) -> usize {
-        self.count
+        self.ends.len()
+    }
+
+    /// Keeps the first `at` spans and returns the others.
+    pub fn split_off(&mut self, at: usize) -> Spans {
+        let start = at.checked_sub(1).map_or(0, |last| self.ends[last]);
+        let bytes = self.bytes.split_off(start);
+        let ends = self.ends.split_off(at).into_iter().map(|end| end - start).collect();
+        Spans { scope: self.scope.clone(), bytes, ends }
+    }
+
+    /// The spans numbered `spans` (in the order they were written).
+    pub fn part(&self, spans: Range<usize>) -> Part<'_> {
+        let start = spans.start.checked_sub(1).map_or(0, |last| self.ends[last]);
+        let end = spans.end.checked_sub(1).map_or(0, |last| self.ends[last]);
+        Part { scope: &self.scope, bytes: &self.bytes[start..end], spans: spans.len() }
     }
 }
 
-/// The body of an OTLP/HTTP export of `spans`: one `ResourceSpans`, one
+/// Some of the spans of a [`Spans`], for one export.
+#[derive(Debug)]
+pub struct Part<'a> {
+    scope: &'a InstrumentationScope,
+    bytes: &'a [u8],
+    spans: usize,
+}
+
+impl Part<'_> {
+    /// How many spans it holds.
+    pub fn len(&self) -> usize {
+        self.spans
+    }
+}
+
+/// The body of an OTLP/HTTP export of `parts`: one `ResourceSpans`, one
 /// `ScopeSpans` per instrumentation scope (in order of first appearance).
-pub fn request(header: &Header, spans: &[Spans]) -> Vec<u8> {
+pub fn request(header: &Header, parts: &[Part<'_>]) -> Vec<u8> {
     // The proxy has a single tracer: nearly always one scope.
     let mut scopes: Vec<&InstrumentationScope> = Vec::with_capacity(1);
-    for group in spans {
-        if !scopes.contains(&&group.scope) {
-            scopes.push(&group.scope);
+    for part in parts {
+        if !scopes.contains(&part.scope) {
+            scopes.push(part.scope);
         }
     }
-    let bytes: usize = spans.iter().map(|s| s.bytes.len()).sum();
+    let bytes: usize = parts.iter().map(|p| p.bytes.len()).sum();
     let mut buf = Vec::with_capacity(header.resource.len() + bytes + 128 * scopes.len());
     message(&mut buf, 1, |b| {
         length_delimited(b, 1, &header.resource);
         for scope in scopes {
             message(b, 2, |b| {
                 message(b, 1, |b| scope_message(b, scope));
-                for group in spans.iter().filter(|s| &s.scope == scope) {
-                    b.extend_from_slice(&group.bytes);
+                for part in parts.iter().filter(|p| p.scope == scope) {
+                    b.extend_from_slice(part.bytes);
                 }
                 string_field(b, 3, scope.schema_url().unwrap_or_default());
             });
@@ -448,7 +481,10 @@ mod tests {
                 }
             }
         }
-        let ours = ExportTraceServiceRequest::decode(&request(&Header::new(&resource), &written)[..]).unwrap();
+        // The first run in two parts, as when it fills one export and starts the next.
+        let mut parts = vec![written[0].part(0..1), written[0].part(1..2)];
+        parts.extend(written[1..].iter().map(|run| run.part(0..run.len())));
+        let ours = ExportTraceServiceRequest::decode(&request(&Header::new(&resource), &parts)[..]).unwrap();
         let official = ExportTraceServiceRequest {
             resource_spans: group_spans_by_resource_and_scope(spans, &ResourceAttributesWithSchema::from(&resource)),
         };
