@@ -374,10 +374,9 @@ fn traceparent(context: &SpanContext) -> HeaderValue {
 /// conventions name other methods `HTTP` and `_OTHER`, so a client cannot
 /// make up span names.
 fn method_names(method: &Method) -> (&'static str, &'static str) {
-    let known = [Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE, Method::HEAD, Method::OPTIONS];
-    const NAMES: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
-    match known.iter().position(|m| m == method) {
-        Some(i) => (NAMES[i], NAMES[i]),
+    const KNOWN: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+    match KNOWN.into_iter().find(|known| *known == method.as_str()) {
+        Some(name) => (name, name),
         None => ("HTTP", "_OTHER"),
     }
 }
