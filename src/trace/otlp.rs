@@ -83,7 +83,7 @@ impl Spans {
 
     /// Keeps the first `at` spans and returns the others.
     pub fn split_off(&mut self, at: usize) -> Spans {
-        let start = at.checked_sub(1).map_or(0, |last| self.ends[last]);
+        let start = self.start(at);
         let bytes = self.bytes.split_off(start);
         let ends = self.ends.split_off(at).into_iter().map(|end| end - start).collect();
         Spans { scope: self.scope.clone(), bytes, ends }
@@ -91,9 +91,13 @@ impl Spans {
 
     /// The spans numbered `spans` (in the order they were written).
     pub fn part(&self, spans: Range<usize>) -> Part<'_> {
-        let start = spans.start.checked_sub(1).map_or(0, |last| self.ends[last]);
-        let end = spans.end.checked_sub(1).map_or(0, |last| self.ends[last]);
-        Part { scope: &self.scope, bytes: &self.bytes[start..end], spans: spans.len() }
+        let bytes = &self.bytes[self.start(spans.start)..self.start(spans.end)];
+        Part { scope: &self.scope, bytes, spans: spans.len() }
+    }
+
+    /// Where span number `span` starts (or would): where the one before ends.
+    fn start(&self, span: usize) -> usize {
+        span.checked_sub(1).map_or(0, |before| self.ends[before])
     }
 }
 
