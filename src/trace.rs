@@ -353,10 +353,7 @@ fn inject(context: &SpanContext, headers: &mut HeaderMap) {
 }
 
 /// `00-{trace id}-{span id}-{flags}` in lowercase hex, written without the
-/// formatting machinery: it is on every try's path. Marked sensitive, which
-/// over HTTP/2 keeps it out of HPACK's table of the connection: a value new
-/// on every try would only push the headers that repeat out of it, and be
-/// compared with every earlier `traceparent` still there.
+/// formatting machinery: it is on every try's path.
 fn traceparent(context: &SpanContext) -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut text = [b'-'; 55];
@@ -370,9 +367,7 @@ fn traceparent(context: &SpanContext) -> HeaderValue {
             text[at + 2 * i + 1] = HEX[usize::from(byte & 0xf)];
         }
     }
-    let mut value = HeaderValue::from_bytes(&text).expect("hex digits and dashes are a valid header value");
-    value.set_sensitive(true);
-    value
+    HeaderValue::from_bytes(&text).expect("hex digits and dashes are a valid header value")
 }
 
 /// The span name and the `http.request.method` of `method`: the HTTP
@@ -432,7 +427,6 @@ mod tests {
         headers.insert(&TRACESTATE, HeaderValue::from_static("stale=1"));
         inject(&remote(TraceFlags::SAMPLED, ""), &mut headers);
         assert_eq!(headers[&TRACEPARENT], "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
-        assert!(headers[&TRACEPARENT].is_sensitive(), "kept out of HTTP/2's header table");
         assert!(!headers.contains_key(&TRACESTATE));
 
         inject(&remote(TraceFlags::NOT_SAMPLED, "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"), &mut headers);
