@@ -474,6 +474,7 @@ fn answered(status: StatusCode) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::otlp::tests::span;
     use super::*;
 
     #[test]
@@ -481,7 +482,7 @@ mod tests {
         let scope = InstrumentationScope::builder("s").build();
         let run = |len: usize| {
             let mut run = otlp::Spans::new(scope.clone(), len);
-            (0..len).for_each(|_| run.push(&span(&scope)));
+            (0..len).for_each(|_| run.push(&span("GET", &scope)));
             run
         };
         let runs = [run(4), run(3), run(1), run(2), run(5)];
@@ -522,7 +523,7 @@ mod tests {
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let (queue, scope) = (queue.clone(), scope.clone());
-                std::thread::spawn(move || (0..30).for_each(|_| Ending(queue.clone()).on_end(span(&scope))))
+                std::thread::spawn(move || (0..30).for_each(|_| Ending(queue.clone()).on_end(span("GET", &scope))))
             })
             .collect();
         // Joined, not scoped: a join waits for the thread's locals to go.
@@ -534,32 +535,12 @@ mod tests {
         assert!(taken.iter().all(|run| run.len() <= 8));
         assert!(queue.threads.lock().unwrap().is_empty());
         // Counted until sent: the queue is still full.
-        Ending(queue.clone()).on_end(span(&scope));
+        Ending(queue.clone()).on_end(span("GET", &scope));
         assert!(queue.take().is_empty());
         // Sent: this thread's next span is taken by the next round.
         queue.queued.fetch_sub(100, Ordering::AcqRel);
-        Ending(queue.clone()).on_end(span(&scope));
+        Ending(queue.clone()).on_end(span("GET", &scope));
         assert_eq!(queue.take().iter().map(otlp::Spans::len).sum::<usize>(), 1);
         assert_eq!(queue.threads.lock().unwrap().len(), 1, "this thread's buffer stays");
-    }
-
-    fn span(scope: &InstrumentationScope) -> SpanData {
-        use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status};
-        use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
-        SpanData {
-            span_context: SpanContext::empty_context(),
-            parent_span_id: SpanId::INVALID,
-            parent_span_is_remote: false,
-            span_kind: SpanKind::Internal,
-            name: "wait for token".into(),
-            start_time: std::time::UNIX_EPOCH,
-            end_time: std::time::UNIX_EPOCH,
-            attributes: Vec::new(),
-            dropped_attributes_count: 0,
-            events: SpanEvents::default(),
-            links: SpanLinks::default(),
-            status: Status::Unset,
-            instrumentation_scope: scope.clone(),
-        }
     }
 }

@@ -367,7 +367,7 @@ fn fixed32_field(b: &mut Vec<u8>, tag: u32, value: u32) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::borrow::Cow;
     use std::time::Duration;
 
@@ -385,7 +385,8 @@ mod tests {
         SpanContext::new(TraceId::from(trace), SpanId::from(span), flags, remote, state)
     }
 
-    fn span(name: &'static str, scope: &InstrumentationScope) -> SpanData {
+    /// A request's span of `scope`, as the SDK hands it over (the export's tests use it too).
+    pub(in crate::trace) fn span(name: &'static str, scope: &InstrumentationScope) -> SpanData {
         let start = UNIX_EPOCH + Duration::from_nanos(1_764_000_000_123_456_789);
         SpanData {
             span_context: context(
