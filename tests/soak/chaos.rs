@@ -1,5 +1,6 @@
 //! Truedat having a bad day, compressed: one task owns the fake and, until
-//! the deadline, revokes every session every [`REVOKE_EVERY`] or a little more, makes the
+//! the deadline, revokes every session every [`REVOKE_EVERY`] or a little more
+//! (while the proxy is forwarding), makes the
 //! login route fail or hang for 1–3 s at random moments, lets the data routes
 //! reset [`RESET_SHARE`] of their connections, answers bursts of data
 //! requests with ingress-nginx's 502/503/504 page (a pod restarting behind
@@ -11,13 +12,19 @@ use std::time::{Duration, Instant};
 
 use crate::support::fake_truedat::{self, DataFault, FakeConfig, FakeTruedat, LoginMode};
 
-/// Every session is revoked this often, plus [`REVOKE_JITTER_MS`].
+/// Every session is revoked this long after the last revocation, plus
+/// [`REVOKE_JITTER_MS`], or later: a revocation waits until the proxy is
+/// forwarding with a live token (Truedat accepted a bearer during the last
+/// [`TICK`]). A revocation while the proxy holds no token (a login outage let
+/// it expire, Truedat restarted, the clients are paused) reaches nobody: the
+/// next login replaces a token nobody sends. Without this wait, runs where
+/// not one of the 8 revocations was followed by a 401 happened (one in CI:
+/// no replay to check).
 pub const REVOKE_EVERY: Duration = Duration::from_secs(5);
 /// Added to each interval between revocations (ms). Token lifetimes are whole
 /// seconds (`exp`), so the proxy's logins keep one phase within the second;
 /// revocations exactly 5 s apart keep theirs too, so every revocation met the
-/// token cycle at the same point, and in some runs (3 of 12, on a loaded
-/// machine) not one of them was followed by a 401: no replay to check.
+/// token cycle at the same point.
 const REVOKE_JITTER_MS: std::ops::RangeInclusive<u64> = 0..=999;
 /// Share of data requests whose connection the fake resets.
 pub const RESET_SHARE: f64 = 0.005;
@@ -108,12 +115,15 @@ pub async fn run(
     let mut last_outage_end = Instant::now();
     let mut next_burst = Instant::now() + millis(BETWEEN_BURSTS_MS);
     let mut restarts = restarts.into_iter().peekable();
+    let mut authenticated = 0;
     while Instant::now() < deadline {
         let now = Instant::now();
-        if now >= next_revocation {
+        let forwarding = fake.authenticated_requests() > authenticated;
+        authenticated = fake.authenticated_requests();
+        if now >= next_revocation && forwarding {
             record.revocations.push(Instant::now());
             fake.revoke_all();
-            next_revocation += REVOKE_EVERY + millis(REVOKE_JITTER_MS);
+            next_revocation = now + REVOKE_EVERY + millis(REVOKE_JITTER_MS);
         }
         match outage_end {
             Some(end) if now >= end => {
@@ -142,6 +152,7 @@ pub async fn run(
         if quiet && restarts.peek().is_some_and(|at| now >= *at) {
             restarts.next();
             fake = restart(fake, &config, &mut record).await;
+            authenticated = 0;
         }
         tokio::time::sleep(TICK).await;
     }

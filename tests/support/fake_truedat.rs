@@ -259,6 +259,12 @@ impl FakeTruedat {
         self.state.connections.open_now()
     }
 
+    /// Data requests whose bearer was accepted (a session alive in the allowlist):
+    /// while this grows, a proxy in front holds a token and is forwarding.
+    pub fn authenticated_requests(&self) -> usize {
+        self.state.authenticated()
+    }
+
     /// `GET /api/sessions` received (the proxy's check of a token after a 401).
     pub fn session_checks(&self) -> usize {
         self.state.session_checks()

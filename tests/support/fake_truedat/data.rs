@@ -59,6 +59,7 @@ pub(super) async fn handle(state: &State, request: Request<Incoming>) -> Reply {
     if let Err(message) = authenticate(state, &parts.headers, now_secs()) {
         return body::auth_error(message);
     }
+    state.count_authenticated();
     route(&parts, &summary).await
 }
 

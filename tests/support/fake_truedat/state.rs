@@ -46,6 +46,8 @@ pub(super) struct State {
     refreshes: AtomicUsize,
     logouts: AtomicUsize,
     session_checks: AtomicUsize,
+    /// Data requests whose bearer passed Guardian's checks.
+    authenticated: AtomicUsize,
     /// Non-zero: `GET /api/sessions` is answered this status by the ingress.
     session_check_failure: AtomicU16,
     login_requests: Mutex<Vec<RecordedRequest>>,
@@ -77,6 +79,7 @@ impl State {
             refreshes: AtomicUsize::new(0),
             logouts: AtomicUsize::new(0),
             session_checks: AtomicUsize::new(0),
+            authenticated: AtomicUsize::new(0),
             session_check_failure: AtomicU16::new(0),
             login_requests: Mutex::default(),
             data_requests: Mutex::default(),
@@ -141,6 +144,14 @@ impl State {
 
     pub(super) fn session_check_failure(&self) -> Option<u16> {
         Some(self.session_check_failure.load(Ordering::SeqCst)).filter(|s| *s != 0)
+    }
+
+    pub(super) fn count_authenticated(&self) {
+        self.authenticated.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(super) fn authenticated(&self) -> usize {
+        self.authenticated.load(Ordering::SeqCst)
     }
 
     pub(super) fn session_checks(&self) -> usize {
