@@ -14,7 +14,7 @@ use super::report::{GroupMemory, Memory, Results, Sample, Why};
 use super::sample::{self, RssPeak};
 use super::settings::Settings;
 use super::support::process::descriptors;
-use super::{perf, stream, wrk};
+use super::{perf, process, stream, wrk};
 
 /// What every group shares.
 pub struct Context<'a> {
@@ -32,6 +32,8 @@ pub struct Context<'a> {
     /// The flavours of truedat-auth-proxy measured: this build, and the
     /// tracing comparison's when asked for.
     pub flavours: &'a [Flavour],
+    /// With `BENCH_PIN=1`, the CPUs the proxies under test are pinned to.
+    pub proxy_cpus: Option<&'a str>,
 }
 
 /// One path of a case: where wrk sends its load and whose CPU it costs.
@@ -73,6 +75,11 @@ pub fn run(context: &Context<'_>, group: Group, cases: &[Case], results: &mut Re
             pids: vec![proxy.process.pid()],
             bearer: None,
         });
+    }
+    if let Some(cpus) = context.proxy_cpus {
+        for pid in targets[1..].iter().flat_map(|t| &t.pids) {
+            process::pin(*pid, cpus);
+        }
     }
     // Idle: ready, before any request.
     let mut memory: Vec<(Via, Memory)> = targets[1..]

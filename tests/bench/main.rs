@@ -36,6 +36,7 @@
 //! | `BENCH_TRACING` | 0 | 1 also runs ours with tracing on (every request sampled, OTLP/HTTP to a loopback collector) |
 //! | `BENCH_BASELINE` | none | another build run beside ours in the same rounds (tracing off against a build without tracing) |
 //! | `BENCH_IDLE_SECS` | 20 | with either of the two above, how long the proxies stay idle after login to measure their idle CPU and wake-ups; 0 skips it |
+//! | `BENCH_PIN` | 0 | 1 pins the proxies under test (nginx and ours) to the last CPU, and wrk, the upstream and the collector to the others |
 //!
 //! The files, one job each: [`cases`] (what is measured), [`group`] (running
 //! one group of cases), [`nginx`] and [`ours`] (the processes under test),
@@ -99,11 +100,17 @@ fn main() {
         baseline_bytes: settings.baseline.as_ref().map(|b| std::fs::metadata(b).map_or(0, |m| m.len())),
         ..Results::default()
     };
+    let cpus = settings.pin.then(|| {
+        let cpus = process::CpuSplit::new().unwrap_or_else(|| panic!("BENCH_PIN=1 needs at least 2 CPUs"));
+        // Before anything starts: every child and thread inherits it.
+        process::pin(std::process::id(), &cpus.load);
+        cpus
+    });
     let sink = settings.tracing.then(sink::Sink::start);
     let mut flavours = vec![Flavour::ours()];
     flavours.extend(sink.as_ref().map(|sink| Flavour::traced(&sink.endpoint())));
     flavours.extend(settings.baseline.as_deref().map(Flavour::baseline));
-    let environment = environment(&settings, &nginx_binary, &cases);
+    let environment = environment(&settings, &nginx_binary, &cases, cpus.as_ref());
 
     let work = work_dir();
     let nginx_dir = work.path().join("nginx");
@@ -125,6 +132,7 @@ fn main() {
         ticks_per_second: sample::ticks_per_second(),
         perf: results.perf_skipped.is_none(),
         flavours: &flavours,
+        proxy_cpus: cpus.as_ref().map(|cpus| cpus.proxies.as_str()),
     };
     for group in cases::groups(&cases) {
         let group_cases: Vec<Case> = cases.iter().filter(|case| case.group == group).copied().collect();
@@ -196,7 +204,12 @@ fn chown_all(path: &Path, uid: u32, gid: u32) {
     }
 }
 
-fn environment(settings: &Settings, nginx_binary: &Path, cases: &[Case]) -> Environment {
+fn environment(
+    settings: &Settings,
+    nginx_binary: &Path,
+    cases: &[Case],
+    cpus: Option<&process::CpuSplit>,
+) -> Environment {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let commit = process::output_of("git", &["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "--short", "HEAD"])
         .unwrap_or_else(|| "unknown".to_owned());
@@ -220,12 +233,16 @@ fn environment(settings: &Settings, nginx_binary: &Path, cases: &[Case]) -> Envi
             "wrk -t2 (-t1 at 1 connection), keep-alive, {} s per run, {} round(s), {} s warm-up; \
              upstream nginx with {} worker(s){}; nginx proxy keepalive 64, no access log; \
              truedat-auth-proxy at log.level = \"warn\" (where access logs are on: nginx's \
-             combined log to a file, ours at \"info\" to a file).",
+             combined log to a file, ours at \"info\" to a file){}.",
             settings.run.as_secs(),
             settings.rounds,
             settings.warmup.as_secs(),
             settings.upstream_workers,
-            if tls { ", TLS 1.3 with an on-the-fly CA" } else { "" }
+            if tls { ", TLS 1.3 with an on-the-fly CA" } else { "" },
+            cpus.map_or(String::new(), |cpus| format!(
+                "; pinned: the proxies under test on CPU {}, wrk, the upstream and the collector on CPU {}",
+                cpus.proxies, cpus.load
+            ))
         ),
     }
 }

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -191,4 +191,31 @@ pub fn output_of(program: &str, args: &[&str]) -> Option<String> {
     let output = Command::new(program).args(args).output().ok()?;
     let text = if output.stdout.is_empty() { output.stderr } else { output.stdout };
     output.status.success().then(|| String::from_utf8_lossy(&text).trim().to_owned())
+}
+
+/// How `BENCH_PIN=1` shares the CPUs: the last one for the proxies under
+/// test, the others for the load and the upstream.
+pub struct CpuSplit {
+    /// `taskset`'s list, such as `1`.
+    pub proxies: String,
+    /// `taskset`'s list, such as `0` or `0-2`.
+    pub load: String,
+}
+
+impl CpuSplit {
+    /// `None` with fewer than two CPUs.
+    pub fn new() -> Option<CpuSplit> {
+        let last = std::thread::available_parallelism().ok()?.get().checked_sub(1).filter(|last| *last > 0)?;
+        let load = if last == 1 { "0".to_owned() } else { format!("0-{}", last - 1) };
+        Some(CpuSplit { proxies: last.to_string(), load })
+    }
+}
+
+/// Pins every thread of `pid` to `cpus` (threads it starts later inherit it).
+pub fn pin(pid: u32, cpus: &str) {
+    let status = Command::new("taskset")
+        .args(["--all-tasks", "--cpu-list", "--pid", cpus, &pid.to_string()])
+        .stdout(Stdio::null())
+        .status();
+    assert!(matches!(status, Ok(s) if s.success()), "taskset could not pin {pid} to CPU {cpus}: {status:?}");
 }

@@ -39,6 +39,11 @@ pub struct Settings {
     /// idle after login, to measure its idle CPU and wake-ups
     /// (`BENCH_IDLE_SECS`, default 20; 0 skips it).
     pub idle: Duration,
+    /// Pin the proxies under test to the last CPU, and wrk, the upstream
+    /// nginx and this program (the collector) to the others
+    /// (`BENCH_PIN=1`): each proxy's CPU per request is then measured
+    /// without wrk and the upstream taking turns on its core.
+    pub pin: bool,
 }
 
 impl Settings {
@@ -62,6 +67,7 @@ impl Settings {
             tracing: var("BENCH_TRACING").is_some_and(|v| v == "1"),
             baseline: var("BENCH_BASELINE"),
             idle: Duration::from_secs(number("BENCH_IDLE_SECS", 20)),
+            pin: var("BENCH_PIN").is_some_and(|v| v == "1"),
         }
     }
 }
