@@ -239,8 +239,28 @@ fn scope_message(b: &mut Vec<u8>, scope: &InstrumentationScope) {
     }
 }
 
+/// A `KeyValue` as field `tag`. A span's attributes are nearly all a
+/// string, an integer or a boolean, whose lengths are known before they are
+/// written: such a one is written straight through, lengths first, in room
+/// reserved once, without [`message`]'s set-aside and fix-up, which the rare
+/// arrays still take (callgrind: the proxy's 8 attributes per request, 2,105
+/// instructions that way, 1,746 this way).
 fn attribute(b: &mut Vec<u8>, tag: u32, kv: &KeyValue) {
-    message(b, tag, |b| key_value(b, kv.key.as_str(), &kv.value));
+    let key = kv.key.as_str().as_bytes();
+    let Some(scalar) = Scalar::of(&kv.value) else {
+        return message(b, tag, |b| key_value(b, kv.key.as_str(), &kv.value));
+    };
+    let value_len = scalar.len();
+    let pair_len = 1 + varint_len(key.len()) + key.len() + 1 + varint_len(value_len) + value_len;
+    b.reserve(2 + varint_len(pair_len) + pair_len);
+    put_key(b, tag, WireType::LengthDelimited);
+    put_varint(b, pair_len as u64);
+    put_key(b, 1, WireType::LengthDelimited);
+    put_varint(b, key.len() as u64);
+    b.extend_from_slice(key);
+    put_key(b, 2, WireType::LengthDelimited);
+    put_varint(b, value_len as u64);
+    scalar.write(b);
 }
 
 /// `KeyValue`: key (1) and value (2), an `AnyValue` always present.
@@ -252,23 +272,65 @@ fn key_value(b: &mut Vec<u8>, key: &str, value: &Value) {
 /// `AnyValue` is a `oneof`: its one field is written even when it holds
 /// the default (an empty string, `false`, 0), as protobuf does for a oneof.
 fn any_value(b: &mut Vec<u8>, value: &Value) {
-    match value {
-        Value::Bool(v) => {
-            encode_key(2, WireType::Varint, b);
-            encode_varint(u64::from(*v), b);
-        }
-        Value::I64(v) => {
-            encode_key(3, WireType::Varint, b);
-            encode_varint(*v as u64, b);
-        }
-        Value::F64(v) => {
-            encode_key(4, WireType::SixtyFourBit, b);
-            b.extend_from_slice(&v.to_le_bytes());
-        }
-        Value::String(s) => length_delimited(b, 1, s.as_str().as_bytes()),
-        Value::Array(array) => message(b, 5, |b| array_values(b, array)),
+    match (Scalar::of(value), value) {
+        (Some(scalar), _) => scalar.write(b),
+        (None, Value::Array(array)) => message(b, 5, |b| array_values(b, array)),
         // `Value` is non-exhaustive: a kind added later is left out, not mis-encoded.
-        _ => {}
+        (None, _) => {}
+    }
+}
+
+/// An `AnyValue` that is not an array: its one field, whose length is
+/// known before it is written.
+enum Scalar<'a> {
+    String(&'a [u8]),
+    Bool(bool),
+    I64(i64),
+    F64(f64),
+}
+
+impl Scalar<'_> {
+    fn of(value: &Value) -> Option<Scalar<'_>> {
+        Some(match value {
+            Value::String(s) => Scalar::String(s.as_str().as_bytes()),
+            Value::Bool(v) => Scalar::Bool(*v),
+            Value::I64(v) => Scalar::I64(*v),
+            Value::F64(v) => Scalar::F64(*v),
+            _ => return None,
+        })
+    }
+
+    /// The length of [`Scalar::write`]'s bytes.
+    fn len(&self) -> usize {
+        match self {
+            Scalar::String(bytes) => 1 + varint_len(bytes.len()) + bytes.len(),
+            Scalar::Bool(_) => 2,
+            Scalar::I64(v) => 1 + prost::encoding::encoded_len_varint(*v as u64),
+            Scalar::F64(_) => 9,
+        }
+    }
+
+    /// `AnyValue`'s fields: string (1), bool (2), int (3), double (4).
+    fn write(&self, b: &mut Vec<u8>) {
+        match self {
+            Scalar::String(bytes) => {
+                put_key(b, 1, WireType::LengthDelimited);
+                put_varint(b, bytes.len() as u64);
+                b.extend_from_slice(bytes);
+            }
+            Scalar::Bool(v) => {
+                put_key(b, 2, WireType::Varint);
+                b.push(u8::from(*v));
+            }
+            Scalar::I64(v) => {
+                put_key(b, 3, WireType::Varint);
+                put_varint(b, *v as u64);
+            }
+            Scalar::F64(v) => {
+                put_key(b, 4, WireType::SixtyFourBit);
+                b.extend_from_slice(&v.to_le_bytes());
+            }
+        }
     }
 }
 
@@ -325,6 +387,27 @@ fn message_reserving(b: &mut Vec<u8>, tag: u32, reserved: usize, write: impl FnO
             b.splice(at..at + reserved, prefix);
         }
     }
+}
+
+/// A key whose field number is under 16: one byte, as `encode_key` would write it.
+#[inline]
+fn put_key(b: &mut Vec<u8>, tag: u32, wire_type: WireType) {
+    debug_assert!(tag < 16, "a one-byte key");
+    b.push((tag << 3) as u8 | wire_type as u8);
+}
+
+/// `encode_varint`, inlined: the lengths and values of attributes are small.
+#[inline]
+fn put_varint(b: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        b.push(value as u8 | 0x80);
+        value >>= 7;
+    }
+    b.push(value as u8);
+}
+
+fn varint_len(value: usize) -> usize {
+    prost::encoding::encoded_len_varint(value as u64)
 }
 
 fn length_delimited(b: &mut Vec<u8>, tag: u32, bytes: &[u8]) {
