@@ -118,8 +118,9 @@ pub async fn run(
     let mut authenticated = 0;
     while Instant::now() < deadline {
         let now = Instant::now();
-        let forwarding = fake.authenticated_requests() > authenticated;
-        authenticated = fake.authenticated_requests();
+        let accepted = fake.authenticated_requests();
+        let forwarding = accepted > authenticated;
+        authenticated = accepted;
         if now >= next_revocation && forwarding {
             record.revocations.push(Instant::now());
             fake.revoke_all();
