@@ -12,7 +12,8 @@
 //! The real binary runs in front of the fake Truedat. [`CLIENTS`](load::CLIENTS)
 //! keep-alive connections send mixed GET/POST traffic ([`load`]) while
 //! Truedat ([`chaos`]) issues access tokens living 2 s, revokes every session
-//! every 5-6 s (or later, once the proxy is forwarding again), fails or hangs its login route for 1–3 s at random moments,
+//! every 5-6 s (or later, once the proxy is forwarding again), fails or hangs
+//! its login route for 1–3 s at random moments,
 //! resets 0.5 % of data connections, answers bursts of data requests with
 //! ingress 502/503/504 pages, and restarts outright (down 1–2 s) once every
 //! 20 s or so (at least once; `SOAK_RESTARTS` overrides). At the end a table ([`report`]) says what the
@@ -68,8 +69,8 @@ const FD_TOLERANCE: usize = 4;
 /// Most connections the pool towards Truedat may hold: one per client
 /// request in flight, plus the renewer's login and a replay's fresh one.
 const MAX_UPSTREAM_CONNECTIONS: usize = load::CLIENTS + 8;
-/// A login per renewal window, plus one per revocation (5-6 s apart or more = 10-12
-/// windows of 0.5 s) and per restart; more means logins are not single-flight.
+/// A login per renewal window, plus one per revocation (5-6 s apart or
+/// more = 10-12 windows of 0.5 s) and per restart; more means logins are not single-flight.
 const MAX_LOGINS_PER_WINDOW: f64 = 1.5;
 
 struct Settings {
