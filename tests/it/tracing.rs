@@ -326,6 +326,17 @@ async fn no_secret_in_any_span() {
     assert_eq!(get(&proxy, &format!("/api/data?filter={query}"), &own).await.status, 200);
     let refreshed = fake.wait_for_logins(1, READY).await && wait_until(READY, || async { fake.refreshes() >= 2 }).await;
     assert!(refreshed, "no refreshes:\n{}", proxy.output());
+    // The revocation must not race a refresh: a token refreshed as it is
+    // revoked would be the one the request is replayed with, and that replay's
+    // 401 goes to the client (SPEC §3.4). So the next refresh hands out a
+    // 10-minute token, and the revocation waits until the proxy holds it.
+    let expiry = || async {
+        scrape(&proxy).await.value("truedat_proxy_token_expiry_timestamp_seconds", &[]).unwrap_or_default()
+    };
+    let short = expiry().await;
+    fake.set_token_ttl(Duration::from_secs(600));
+    let long_lived = wait_until(READY, || async { expiry().await > short + 60.0 }).await;
+    assert!(long_lived, "the proxy never held the 10-minute token:\n{}", proxy.output());
     fake.revoke_all();
     assert_eq!(get(&proxy, &format!("/api/after?token={query}"), &[]).await.status, 200);
     proxy.signal("TERM");
