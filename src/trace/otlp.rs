@@ -244,7 +244,7 @@ fn scope_message(b: &mut Vec<u8>, scope: &InstrumentationScope) {
 /// written: such a one is written straight through, lengths first, in room
 /// reserved once, without [`message`]'s set-aside and fix-up, which the rare
 /// arrays still take (callgrind: the proxy's 8 attributes per request, 2,105
-/// instructions that way, 1,746 this way).
+/// instructions that way, 1,654 this way).
 fn attribute(b: &mut Vec<u8>, tag: u32, kv: &KeyValue) {
     let key = kv.key.as_str();
     let Some(scalar) = Scalar::of(&kv.value) else {
@@ -405,7 +405,8 @@ fn varint_len(value: usize) -> usize {
 }
 
 /// Bytes or a string as field `tag` (every such field here is numbered
-/// under 16).
+/// under 16). Inlined: an attribute writes two of them.
+#[inline]
 fn length_delimited(b: &mut Vec<u8>, tag: u32, bytes: &[u8]) {
     put_key(b, tag, WireType::LengthDelimited);
     put_varint(b, bytes.len() as u64);
