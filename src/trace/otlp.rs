@@ -251,8 +251,8 @@ fn attribute(b: &mut Vec<u8>, tag: u32, kv: &KeyValue) {
         return message(b, tag, |b| key_value(b, key, &kv.value));
     };
     let value_len = scalar.len();
-    let pair_len = 1 + varint_len(key.len()) + key.len() + 1 + varint_len(value_len) + value_len;
-    b.reserve(2 + varint_len(pair_len) + pair_len);
+    let pair_len = field_len(key.len()) + field_len(value_len);
+    b.reserve(field_len(pair_len));
     put_key(b, tag, WireType::LengthDelimited);
     put_varint(b, pair_len as u64);
     length_delimited(b, 1, key.as_bytes());
@@ -301,7 +301,7 @@ impl Scalar<'_> {
     /// The length of [`Scalar::write`]'s bytes.
     fn len(&self) -> usize {
         match self {
-            Scalar::String(bytes) => 1 + varint_len(bytes.len()) + bytes.len(),
+            Scalar::String(bytes) => field_len(bytes.len()),
             Scalar::Bool(_) => 2,
             Scalar::I64(v) => 1 + prost::encoding::encoded_len_varint(*v as u64),
             Scalar::F64(_) => 9,
@@ -400,8 +400,10 @@ fn put_varint(b: &mut Vec<u8>, mut value: u64) {
     b.push(value as u8);
 }
 
-fn varint_len(value: usize) -> usize {
-    prost::encoding::encoded_len_varint(value as u64)
+/// The bytes a length-delimited field of `len` bytes takes: a one-byte
+/// key, the length, the content.
+fn field_len(len: usize) -> usize {
+    1 + prost::encoding::encoded_len_varint(len as u64) + len
 }
 
 /// Bytes or a string as field `tag` (every such field here is numbered
